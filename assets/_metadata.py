@@ -1,0 +1,102 @@
+"""The standard Dagster metadata every asset emits (CONVENTIONS.md section 7) and lineage tags."""
+
+import hashlib
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from resources.paths import PROJECT_ROOT
+
+_POLARS_TO_TYPE = {
+    pl.Utf8: "string",
+    pl.Int64: "int64",
+    pl.Int32: "int32",
+    pl.Float64: "float64",
+    pl.Float32: "float32",
+    pl.Boolean: "bool",
+    pl.Date: "date",
+}
+
+
+def _type_name(dtype: pl.DataType) -> str:
+    for k, v in _POLARS_TO_TYPE.items():
+        if dtype == k:
+            return v
+    return str(dtype)
+
+
+def table_metadata(df: pl.DataFrame, row_count: int | None = None, preview_rows: int = 5) -> dict[str, Any]:
+    """row_count, column schema and a 5-row markdown preview of a table (or of a sample of it)."""
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name=name, type=_type_name(dtype)) for name, dtype in df.schema.items()]
+    )
+    head = df.head(preview_rows)
+    try:
+        preview = head.to_pandas().to_markdown(index=False)
+    except ImportError:  # tabulate is optional
+        preview = str(head)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(int(df.height if row_count is None else row_count)),
+        "dagster/column_schema": schema,
+        "preview": dg.MetadataValue.md(preview),
+    }
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_metadata(path: str | Path) -> dict[str, Any]:
+    """path, size_bytes and sha256 of a file artifact."""
+    p = Path(path)
+    return {
+        "path": dg.MetadataValue.path(str(p)),
+        "size_bytes": dg.MetadataValue.int(p.stat().st_size),
+        "sha256": dg.MetadataValue.text(sha256_file(p)),
+    }
+
+
+@cache
+def code_version() -> str:
+    """The git commit of the project (with '+dirty' when the tree has changes), or 'unknown'."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(conn) -> str:
+    """A hash of the ingest ledger (the content hashes of every file loaded): the warehouse's data version."""
+    try:
+        rows = conn.execute("select file_sha256 from ingest_ledger order by file_sha256").fetchall()
+    except Exception:  # noqa: BLE001 - no ledger yet
+        return "empty"
+    return hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()[:16]
+
+
+def lineage(context: dg.AssetExecutionContext, conn) -> dict[str, str]:
+    """Tags that tie a figure to its Dagster run, code and data versions (also used as MLflow tags)."""
+    return {
+        "dagster_run_id": context.run.run_id,
+        "dagster_asset": context.asset_key.to_user_string(),
+        "code_version": code_version(),
+        "data_version": data_version(conn),
+    }

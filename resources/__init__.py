@@ -1,0 +1,1 @@
+"""Dagster resources of MALLES: warehouse, MLflow tracking, SQL files, paths."""
