@@ -35,3 +35,20 @@ def mlflow_resource(data_dir):
         artifact_root=str(data_dir / "mlartifacts"),
         experiment="test",
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped (with the reason) where there is none."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pip install -e '.[gpu]')")
+        for item in gpu_items:
+            item.add_marker(skip)

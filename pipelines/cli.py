@@ -1,0 +1,244 @@
+"""The `malles` command: run the pipeline, ingest files, draw a synthetic market.
+
+Exit status: 0 success, 1 the work failed (a run step failed, a file was rejected), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipelines.env import set_offline_env
+
+
+class UsageError(Exception):
+    """A bad argument, config or path: printed as one line, exit status 2."""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _prepare_env(args: argparse.Namespace) -> Path:
+    """Point every component at one data folder and warehouse before the definitions are imported."""
+    set_offline_env()
+    if getattr(args, "data_dir", None):
+        os.environ["MALLES_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    from resources.paths import data_dir
+
+    data = data_dir()
+    if getattr(args, "warehouse", None):
+        os.environ["MALLES_DUCKDB_PATH"] = str(Path(args.warehouse).resolve())
+    os.environ.setdefault("DAGSTER_HOME", str(data / "dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    dagster_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
+    if not dagster_yaml.exists():
+        dagster_yaml.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    return data
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _source_run_config(source: str, data: Path) -> tuple[dict, str]:
+    """The ingest config for a source: a built-in name, 'synthetic', or a mapping YAML path."""
+    from assets.ingest.logic import load_mapping  # validates the mapping: a one-line error if bad
+
+    if source == "synthetic":
+        from assets.ingest.synth import SynthConfig, generate_market
+
+        landing = data / "landing" / "synthetic"
+        if not (landing / "transactions.parquet").exists():
+            generate_market(landing, SynthConfig())
+        mapping_path = landing / "mapping.yaml"
+        if not mapping_path.exists():
+            from assets.ingest.logic import builtin_mapping_path
+
+            mapping_path.write_text(builtin_mapping_path("canonical").read_text(encoding="utf-8"))
+        load_mapping(str(mapping_path))
+        return {"sources": [str(mapping_path)]}, "synthetic"
+    p = Path(source)
+    if p.suffix in {".yaml", ".yml"}:
+        if not p.exists():
+            raise UsageError(f"mapping file {p} does not exist: pass a built-in source name or a mapping YAML")
+        load_mapping(str(p.resolve()))
+        return {"sources": [str(p.resolve())]}, p.stem
+    load_mapping(source)
+    return {"sources": [source]}, source
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    data = _prepare_env(args)
+    console = _console()
+    if args.source != "completejourney" and not args.warehouse:
+        name = Path(args.source).stem if args.source.endswith((".yaml", ".yml")) else args.source
+        os.environ["MALLES_DUCKDB_PATH"] = str(data / f"{name}.duckdb")
+    ingest_config, _ = _source_run_config(args.source, data)
+
+    import dagster as dg
+
+    from pipelines.definitions import defs
+    from pipelines.progress import StageTimer, ingest_op_name
+
+    job = defs.get_job_def(args.job)
+    run_config = {"ops": {ingest_op_name(job): {"config": ingest_config}}} if ingest_op_name(job) else {}
+    for override in args.config or []:
+        _apply_override(run_config, override)
+    console.print(f"[bold]malles run[/bold]: job {args.job}, source {args.source}")
+    console.print(f"  warehouse  {os.environ.get('MALLES_DUCKDB_PATH', data / 'malles.duckdb')}")
+    timer = StageTimer(console)
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False
+        )
+        timer.report(instance, result.run_id)
+    wall = time.perf_counter() - t0
+    if not result.success:
+        console.print(f"[red]run {result.run_id} failed after {wall:.0f} s[/red]; see the step errors above")
+        return 1
+    from pipelines.progress import print_results
+
+    print_results(console, result, data, wall)
+    return 0
+
+
+def _apply_override(run_config: dict, override: str) -> None:
+    """--config op.field=value (value parsed as YAML)."""
+    import yaml
+
+    if "=" not in override or "." not in override.split("=", 1)[0]:
+        raise UsageError(f"--config {override!r}: write it as OP.FIELD=VALUE, e.g. baseline_report.seed=1")
+    key, value = override.split("=", 1)
+    op, field = key.split(".", 1)
+    run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})[field] = yaml.safe_load(value)
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    data = _prepare_env(args)
+    console = _console()
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: pass a CSV or Parquet file or a folder of them")
+    from assets.ingest.logic import ensure_schema, ingest_source, load_mapping
+
+    mapping = load_mapping(args.mapping)
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".csv", ".parquet"}) if path.is_dir() else [path]
+    if not files:
+        raise UsageError(f"no .csv or .parquet files under {path}")
+    from resources.duckdb import warehouse
+
+    db = warehouse(os.environ.get("MALLES_DUCKDB_PATH"))
+    console.print(f"ingesting {len(files)} file(s) into {db.database}")
+    with db.get_connection() as conn:
+        ensure_schema(conn)
+        reports = ingest_source(conn, mapping, paths=[str(f) for f in files], progress=True)
+    _print_reports(console, reports)
+    rejected = [r for r in reports if r.status == "rejected"]
+    for r in rejected:
+        console.print(f"[red]rejected[/red] {r.source_file}: {r.message}")
+    del data
+    return 1 if rejected else 0
+
+
+def _print_reports(console, reports) -> None:
+    from rich.table import Table
+
+    table = Table(title="ingest")
+    for col in ["file", "table", "status", "rows in", "loaded", "quarantined", "duplicates", "reasons"]:
+        table.add_column(col)
+    for r in reports:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted((r.reasons or {}).items()))
+        table.add_row(
+            Path(r.source_file).name, r.table_name, r.status, str(r.rows_in), str(r.rows_loaded),
+            str(r.rows_quarantined), str(r.rows_duplicate), reasons,
+        )
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- synth
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    data = _prepare_env(args)
+    console = _console()
+    from assets.ingest.synth import SynthConfig, generate_market
+
+    out = Path(args.out) if args.out else data / "landing" / "synthetic"
+    fields = {f for f in SynthConfig.__dataclass_fields__}
+    overrides = {}
+    for item in args.set or []:
+        import yaml
+
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: write it as FIELD=VALUE; fields: {', '.join(sorted(fields))}")
+        k, v = item.split("=", 1)
+        if k not in fields:
+            raise UsageError(f"--set {k}: unknown field; fields: {', '.join(sorted(fields))}")
+        overrides[k] = yaml.safe_load(v)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    summary = generate_market(out, SynthConfig(**overrides))
+    console.print(f"synthetic market written to {out} (ground truth apart in {out / 'truth'})")
+    console.print(summary)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="malles", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data folder (default: data/ at the project root, or $MALLES_DATA_DIR)")
+    p.add_argument("--warehouse", help="DuckDB file (default: <data-dir>/malles.duckdb for Complete Journey)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="materialize the pipeline end to end (main_job) and print where results are")
+    r.add_argument(
+        "--source",
+        default="completejourney",
+        help="'completejourney' (default, embedded), 'synthetic', or a mapping YAML of your own data",
+    )
+    r.add_argument("--job", default="main_job", help="job to run (main_job, ingest_job, features_job, ...)")
+    r.add_argument("--config", action="append", metavar="OP.FIELD=VALUE", help="override one config field")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("ingest", help="load CSV/Parquet files into the warehouse through a source mapping")
+    i.add_argument("path", help="a file or a folder of files")
+    i.add_argument("--mapping", required=True, help="mapping YAML (or a built-in name: completejourney, canonical)")
+    i.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("synth", help="draw a synthetic market with known ground truth (canonical files + truth/)")
+    s.add_argument("--out", help="output folder (default: <data-dir>/landing/synthetic)")
+    s.add_argument("--seed", type=int, help="random seed")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a SynthConfig field")
+    s.set_defaults(func=cmd_synth)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"malles: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        # Mapping and config errors are raised as one-line ValueErrors naming the fix.
+        print(f"malles: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("malles: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

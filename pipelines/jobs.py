@@ -1,0 +1,36 @@
+"""One job per stage, plus `main_job`: every asset of the pipeline that exists, in dependency order."""
+
+import dagster as dg
+
+STAGES = ["ingest", "features", "evaluation"]  # in DAG order; later issues append their stages
+
+# The synthetic market writes files for tests and demos; it is never part of the main job.
+SYNTHETIC = dg.AssetSelection.assets("synthetic_market")
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.groups("ingest") - SYNTHETIC,
+    description="Load the landing files and built-in sources into DuckDB (transactions, products, customers).",
+)
+features_job = dg.define_asset_job(
+    "features_job",
+    selection=dg.AssetSelection.groups("features"),
+    description="Decision episodes, option features, splits and customer style parameters.",
+)
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.groups("evaluation"),
+    description="Score every method on the shared episodes and splits; log the report to MLflow.",
+)
+main_job = dg.define_asset_job(
+    "main_job",
+    selection=dg.AssetSelection.groups(*STAGES) - SYNTHETIC,
+    description="The whole pipeline end to end: ingest -> features -> evaluation.",
+)
+synthetic_market_job = dg.define_asset_job(
+    "synthetic_market_job",
+    selection=SYNTHETIC,
+    description="Draw a synthetic market with known ground truth into the landing folder.",
+)
+
+JOBS = [ingest_job, features_job, evaluation_job, main_job, synthetic_market_job]

@@ -1,0 +1,86 @@
+"""What `malles run` prints: stage-by-stage wall times from the Dagster event log, and where results are."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def ingest_op_name(job) -> str | None:
+    """The node of the job that takes the ingest config (the op materializing raw_transactions)."""
+    for node in job.graph.node_dict.values():
+        outputs = {o.name for o in node.definition.output_defs}
+        if "raw_transactions" in outputs or node.name == "raw_transactions":
+            return node.name
+    return None
+
+
+def step_durations(instance, run_id: str) -> list[tuple[str, float, str]]:
+    """(step key, seconds, status) for each step of a run, in start order."""
+    import dagster as dg
+
+    starts: dict[str, float] = {}
+    out: list[tuple[str, float, str]] = []
+    for rec in instance.all_logs(run_id):
+        ev = rec.dagster_event
+        if ev is None or ev.step_key is None:
+            continue
+        if ev.event_type == dg.DagsterEventType.STEP_START:
+            starts[ev.step_key] = rec.timestamp
+        elif ev.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            status = "ok" if ev.event_type == dg.DagsterEventType.STEP_SUCCESS else "FAILED"
+            out.append((ev.step_key, rec.timestamp - starts.get(ev.step_key, rec.timestamp), status))
+    return out
+
+
+class StageTimer:
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def report(self, instance, run_id: str) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"Dagster run {run_id}: wall time per step")
+        table.add_column("step")
+        table.add_column("seconds", justify="right")
+        table.add_column("status")
+        total = 0.0
+        for step, secs, status in step_durations(instance, run_id):
+            total += secs
+            table.add_row(step, f"{secs:.1f}", status)
+        table.add_row("[bold]sum of steps[/bold]", f"[bold]{total:.1f}[/bold]", "")
+        self.console.print(table)
+
+
+def print_results(console, result, data: Path, wall: float) -> None:
+    """Where the results are: warehouse, report, MLflow, Dagster UI; and the headline table."""
+    from rich.table import Table
+
+    db_path = os.environ.get("MALLES_DUCKDB_PATH", str(data / "malles.duckdb"))
+    console.print(f"[green]run {result.run_id} succeeded in {wall:.0f} s[/green]")
+    try:
+        import duckdb
+
+        with duckdb.connect(db_path, read_only=True) as conn:
+            df = conn.sql(
+                "select split, method, n_episodes, hit1, hit3, nll, qty_mae, qty_wape, share_jsd "
+                "from baseline_metrics order by split, hit1 desc"
+            ).pl()
+        table = Table(title="baseline_metrics (also in MLflow and in the Dagster UI)")
+        for c in df.columns:
+            table.add_column(c, justify="right" if c not in {"split", "method"} else "left")
+        for row in df.iter_rows():
+            table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+    except Exception as e:  # noqa: BLE001 - a job without the evaluation stage has no table
+        console.print(f"(no baseline_metrics table: {type(e).__name__})")
+    console.print("Results:")
+    console.print(f"  warehouse (DuckDB)  {db_path}")
+    for mat in result.get_asset_materialization_events():
+        md = mat.materialization.metadata
+        for key in ("report_path", "plot_path", "path"):
+            if key in md:
+                console.print(f"  {mat.asset_key.to_user_string():<19} {md[key].value}")
+                break
+    console.print(f"  MLflow              mlflow ui --backend-store-uri sqlite:///{data / 'mlflow.db'}")
+    console.print(f"  Dagster UI          DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} dagster dev -w workspace.yaml")
