@@ -1,0 +1,477 @@
+"""The reference baselines of EVALUATION.md, scored on the shared episodes and choice sets.
+
+Every scorer takes the option frame (one row per (episode, option), sorted by episode_id then position, with
+the columns of `episode_options`, `option_features`, the episode's category/customer/quantity and its split
+flags) and returns it with `score` (higher = preferred) and `prob` (the method's choice distribution over the
+episode's options, or null for a method without one).
+
+Methods (names as they appear in `baseline_metrics.method`):
+- random: every option scored alike (score 0): hit@k is then exactly its expected value k / n_options under
+  the random tie order of metrics.py; prob = 1 / n_options.
+- popularity: score = pop_28d (purchases in days d-28..d-1); prob = (pop_28d + 1) / sum over the set (+1).
+- repeat: the customer's purchases of the option before d, ties broken by popularity (pop_28d); no
+  probability is defined by the protocol, so prob is null and nll / share_jsd are null (a smoothed version
+  would be a new method, not this baseline).
+- clogit: McFadden's conditional logit on the option features of `model_features`, fit on train episodes
+  with use_for_fit = true; prob = its softmax.
+- lgbm: a LightGBM lambdarank ranker on the same features (a subsample of the fit episodes, early stopping on
+  validation episodes); its scores are turned into probabilities by a softmax with a temperature fitted on
+  validation episodes (a one-feature conditional logit on the score), so it has an nll too.
+Quantity baselines (rows `qty_customer_mean`, `qty_one`; hit and probability metrics null):
+- qty_customer_mean: the customer's mean units per purchase in this category before d (cust_mean_qty); else
+  the mean units per purchase over days d-28..d-1 (prod_mean_qty_28d) of the method's top option; else 1;
+  rounded to the nearest integer and at least 1 (quantities are integers, most are 1, and the absolute error
+  of a rounded prediction is never worse on an integer target that the rounding lands on). Every choice method
+  row reports qty_mae / qty_wape with this predictor applied to its own top option; the standalone
+  `qty_customer_mean` row uses the popularity baseline's top option for the fallback.
+- qty_one: always 1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assets.evaluation.clogit import ClogitResult, fit_clogit, group_softmax
+from assets.evaluation.metrics import evaluate, qty_mae, qty_wape
+
+CHOICE_METHODS = ["random", "popularity", "repeat", "clogit", "lgbm"]
+QTY_METHODS = ["qty_customer_mean", "qty_one"]
+SPLITS = ["val", "test_all", "test_sparse", "test_cold", "test_new"]
+
+# The option features of the conditional logit and the ranker, and why each is there. Counts enter as
+# log(1 + n): the first purchases matter most and raw counts have long tails. Nulls become 0 together with
+# an indicator where "never" differs from "zero".
+MODEL_FEATURES: dict[str, pl.Expr] = {
+    # popularity, recent and long-run: the crowd's choice (the popularity baseline's signal)
+    "log_pop_28d": pl.col("pop_28d").cast(pl.Float64).fill_null(0).log1p(),
+    "log_pop_total": pl.col("pop_total").cast(pl.Float64).fill_null(0).log1p(),
+    # no sale before d: new products have no history, their other features are zeros
+    "is_new": pl.col("is_new").cast(pl.Float64).fill_null(0),
+    # habit: the repeat baseline's signal, as strength (log count) and as "ever bought" (one-off purchases)
+    "log_cust_product": pl.col("cust_product_purchases").cast(pl.Float64).fill_null(0).log1p(),
+    "bought_before": (pl.col("cust_product_purchases").fill_null(0) > 0).cast(pl.Float64),
+    # loyalty share: the product's share of the customer's episodes in this category
+    "cust_product_share": (
+        pl.col("cust_product_purchases").cast(pl.Float64).fill_null(0)
+        / pl.max_horizontal(pl.col("cust_category_purchases").cast(pl.Float64).fill_null(0), pl.lit(1.0))
+    ).clip(0.0, 1.0),
+    # brand loyalty (DESIGN.md rho: brand_loyalty)
+    "log_cust_brand": pl.col("cust_brand_purchases").cast(pl.Float64).fill_null(0).log1p(),
+    # recency of the customer's last purchase of the option: recent purchases are repeated (or, for
+    # durables, not yet): a decay and the log gap, both 0 when never bought
+    "recency_decay": (-pl.col("days_since_cust_purchase").cast(pl.Float64) / 30.0).exp().fill_null(0.0),
+    "log_days_since": pl.col("days_since_cust_purchase").cast(pl.Float64).log1p().fill_null(0.0),
+    # promotion: discount depth (rho: discount_sensitivity)
+    "discount_depth": pl.col("discount_depth").cast(pl.Float64).fill_null(0).clip(-1.0, 1.0),
+    # price level (rho: price_sensitivity) and price relative to the set (a non-linear price term: log_price
+    # minus a per-set constant would be collinear within a set, so the ratio enters linearly)
+    "log_price": pl.col("log_price").cast(pl.Float64).fill_null(0),
+    "rel_price": pl.col("rel_price").cast(pl.Float64).fill_null(1.0).clip(0.0, 10.0),
+    # reference-dependent price: the gap to the customer's reference price, and its loss-averse part (a rise
+    # above the reference hurts more than an equal fall helps: rho loss_aversion)
+    "ref_price_gap": pl.col("ref_price_gap").cast(pl.Float64).fill_null(0).clip(-1.0, 3.0),
+    "ref_price_loss": pl.col("ref_price_gap").cast(pl.Float64).fill_null(0).clip(0.0, 3.0),
+}
+# The ranker also sees the (per-episode constant) context, which trees can interact with option features.
+LGBM_EXTRA_FEATURES: dict[str, pl.Expr] = {
+    "log_cust_category": pl.col("cust_category_purchases").cast(pl.Float64).fill_null(0).log1p(),
+    "n_options": pl.len().over("episode_id").cast(pl.Float64),
+}
+
+
+@dataclass
+class BaselineSettings:
+    """Knobs of run_baselines (the Dagster config maps onto this)."""
+
+    seed: int = 0
+    max_train_episodes: int = 150_000  # lgbm: fit-episode subsample (by md5 of seed|episode_id)
+    clogit_max_train_episodes: int = 0  # clogit: 0 = every fit episode
+    max_val_episodes: int = 50_000  # lgbm early stopping and temperature: val subsample
+    lgbm_num_leaves: int = 31
+    lgbm_learning_rate: float = 0.1
+    lgbm_n_estimators: int = 300
+    lgbm_early_stopping: int = 20
+    lgbm_min_data_in_leaf: int = 200
+    lgbm_max_bin: int = 63
+    lgbm_threads: int = 2
+    sample_per_split: int = 0  # 0: every episode of a split; N > 0: the N smallest md5(seed|basket|category)
+
+
+@dataclass
+class BaselineRun:
+    """What run_baselines returns."""
+
+    predictions: pl.DataFrame  # method, episode_id, product_id, score, prob (val and test episodes)
+    metrics: pl.DataFrame  # method, split, n_episodes, hit1, hit3, nll, qty_mae, qty_wape, share_jsd
+    clogit: ClogitResult | None
+    info: dict[str, Any] = field(default_factory=dict)  # timings, sizes, lgbm iterations, temperature
+
+
+# --- the option frame ----------------------------------------------------------------------------------
+
+
+def add_model_features(df: pl.DataFrame, extra: bool = False) -> pl.DataFrame:
+    feats = dict(MODEL_FEATURES)
+    if extra:
+        feats.update(LGBM_EXTRA_FEATURES)
+    return df.with_columns([expr.alias(name) for name, expr in feats.items()])
+
+
+def feature_names(extra: bool = False) -> list[str]:
+    return list(MODEL_FEATURES) + (list(LGBM_EXTRA_FEATURES) if extra else [])
+
+
+def episode_layout(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group_offsets, chosen row index or -1, has_actual) of a frame sorted by episode_id.
+
+    Rows of one episode must be contiguous (the loaders sort by episode_id, position).
+    """
+    ep = df["episode_id"]
+    if df.height == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    change = np.flatnonzero((ep != ep.shift(1)).fill_null(True).to_numpy())
+    offsets = np.append(change, df.height).astype(np.int64)
+    gidx = np.repeat(np.arange(change.size), np.diff(offsets))
+    is_ch = df["is_chosen"].fill_null(False).to_numpy()
+    chosen = np.full(change.size, -1, dtype=np.int64)
+    rows = np.flatnonzero(is_ch)
+    # the first actual row of each episode (reversed assignment keeps the first)
+    chosen[gidx[rows[::-1]]] = rows[::-1]
+    return offsets, chosen, chosen >= 0
+
+
+def _sorted(df: pl.DataFrame) -> pl.DataFrame:
+    order = ["episode_id", "position"] if "position" in df.columns else ["episode_id", "product_id"]
+    return df.sort(order)
+
+
+def split_membership(episodes: pl.DataFrame, sample_per_split: int = 0) -> pl.DataFrame:
+    """episode_id, split for the named splits (an episode can be in several); optional seeded sample.
+
+    `episodes` has episode_id, period, in_test_sparse, in_test_cold, in_test_new and, for sampling,
+    sample_key (md5 of "{seed}|{basket_id}|{category}").
+    """
+    test = pl.col("period") == "test"
+    defs = {
+        "val": pl.col("period") == "val",
+        "test_all": test,
+        "test_sparse": test & pl.col("in_test_sparse").fill_null(False),
+        "test_cold": test & pl.col("in_test_cold").fill_null(False),
+        "test_new": test & pl.col("in_test_new").fill_null(False),
+    }
+    parts = []
+    for name, cond in defs.items():
+        part = episodes.filter(cond)
+        if sample_per_split > 0:
+            part = part.sort("sample_key").head(sample_per_split)
+        parts.append(part.select("episode_id", pl.lit(name).alias("split")))
+    return pl.concat(parts)
+
+
+def ensure_sample_key(opts: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Add sample_key = md5("{seed}|{basket_id}|{category}") when the frame lacks it."""
+    if "sample_key" in opts.columns:
+        return opts
+    import hashlib
+
+    keys = [
+        hashlib.md5(f"{seed}|{b}|{c}".encode()).hexdigest()
+        for b, c in zip(opts["basket_id"].to_list(), opts["category"].to_list(), strict=True)
+    ]
+    return opts.with_columns(sample_key=pl.Series(keys, dtype=pl.Utf8))
+
+
+# --- scorers -----------------------------------------------------------------------------------------
+
+
+def score_random(df: pl.DataFrame) -> pl.DataFrame:
+    n = pl.len().over("episode_id").cast(pl.Float64)
+    return df.with_columns(score=pl.lit(0.0), prob=1.0 / n)
+
+
+def score_popularity(df: pl.DataFrame) -> pl.DataFrame:
+    c = pl.col("pop_28d").cast(pl.Float64).fill_null(0.0)
+    return df.with_columns(score=c, prob=(c + 1.0) / (c + 1.0).sum().over("episode_id"))
+
+
+def score_repeat(df: pl.DataFrame) -> pl.DataFrame:
+    """score = customer's purchases + pop_28d / (1 + max pop_28d in the set): the count ranks first and
+    popularity only breaks its ties (the fraction stays below 1); prob null (none defined)."""
+    cp = pl.col("cust_product_purchases").cast(pl.Float64).fill_null(0.0)
+    pop = pl.col("pop_28d").cast(pl.Float64).fill_null(0.0)
+    tie = pop / (1.0 + pop.max().over("episode_id"))
+    return df.with_columns(score=cp + tie, prob=pl.lit(None, dtype=pl.Float64))
+
+
+def _matrix(df: pl.DataFrame, names: list[str]) -> np.ndarray:
+    X = df.select(names).to_numpy().astype(np.float64, copy=False)
+    return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _fit_frame(df: pl.DataFrame, max_episodes: int, seed: int) -> pl.DataFrame:
+    """Episodes with at least 2 options and one actual option; a seeded md5 subsample if too many."""
+    ok = df.group_by("episode_id").agg(n=pl.len(), a=pl.col("is_chosen").sum())
+    ok = ok.filter((pl.col("n") >= 2) & (pl.col("a") == 1)).select("episode_id")
+    if max_episodes and ok.height > max_episodes:
+        key = (pl.lit(f"{seed}|") + pl.col("episode_id")).map_batches(_md5_series, return_dtype=pl.Utf8)
+        ok = ok.with_columns(k=key).sort("k").head(max_episodes).select("episode_id")
+    return _sorted(df.join(ok, on="episode_id", how="semi"))
+
+
+def _md5_series(s: pl.Series) -> pl.Series:
+    import hashlib
+
+    return pl.Series([hashlib.md5(v.encode()).hexdigest() for v in s.to_list()], dtype=pl.Utf8)
+
+
+def fit_clogit_baseline(train: pl.DataFrame, settings: BaselineSettings) -> ClogitResult:
+    """The conditional logit on MODEL_FEATURES over the fit episodes (train, use_for_fit)."""
+    fit = add_model_features(_fit_frame(train, settings.clogit_max_train_episodes, settings.seed))
+    names = feature_names()
+    offsets, chosen, _ = episode_layout(fit)
+    return fit_clogit(_matrix(fit, names), offsets, chosen, feature_names=names)
+
+
+def score_clogit(df: pl.DataFrame, result: ClogitResult) -> pl.DataFrame:
+    df = _sorted(df)
+    X = _matrix(add_model_features(df), result.feature_names)
+    u = X @ result.coef
+    offsets, _, _ = episode_layout(df)
+    return df.with_columns(score=pl.Series(u), prob=pl.Series(group_softmax(u, offsets)))
+
+
+@dataclass
+class LgbmModel:
+    booster: Any
+    inv_temperature: float  # probabilities = softmax(inv_temperature * score) within the set
+    best_iteration: int
+    fit_seconds: float
+    n_train_episodes: int
+
+
+def fit_lgbm_ranker(train: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings) -> LgbmModel:
+    """LightGBM lambdarank on a seeded subsample of the fit episodes; early stopping on val episodes;
+    the softmax temperature of its scores fitted on the same val episodes (one-feature conditional logit)."""
+    import lightgbm as lgb
+
+    t0 = time.perf_counter()
+    names = feature_names(extra=True)
+    tr = add_model_features(_fit_frame(train, settings.max_train_episodes, settings.seed), extra=True)
+    va = add_model_features(_fit_frame(val, settings.max_val_episodes, settings.seed), extra=True)
+    tr_off, _, _ = episode_layout(tr)
+    params = {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [1, 3],
+        "num_leaves": settings.lgbm_num_leaves,
+        "learning_rate": settings.lgbm_learning_rate,
+        "min_data_in_leaf": settings.lgbm_min_data_in_leaf,
+        "max_bin": settings.lgbm_max_bin,
+        "num_threads": settings.lgbm_threads,
+        "seed": settings.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+    dtrain = lgb.Dataset(
+        _matrix(tr, names),
+        label=tr["is_chosen"].cast(pl.Int32).to_numpy(),
+        group=np.diff(tr_off),
+        feature_name=names,
+        free_raw_data=True,
+    )
+    callbacks = []
+    valid_sets = []
+    if va.height:
+        va_off, _, _ = episode_layout(va)
+        dval = lgb.Dataset(
+            _matrix(va, names),
+            label=va["is_chosen"].cast(pl.Int32).to_numpy(),
+            group=np.diff(va_off),
+            reference=dtrain,
+        )
+        valid_sets = [dval]
+        callbacks.append(
+            lgb.early_stopping(settings.lgbm_early_stopping, first_metric_only=True, verbose=False)
+        )
+    booster = lgb.train(
+        params, dtrain, num_boost_round=settings.lgbm_n_estimators, valid_sets=valid_sets, callbacks=callbacks
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    inv_t = 1.0
+    if va.height:
+        s = booster.predict(_matrix(va, names), num_iteration=best)
+        va_off, va_ch, _ = episode_layout(va)
+        inv_t = float(fit_clogit(s[:, None], va_off, va_ch).coef[0])
+    return LgbmModel(booster, inv_t, int(best), time.perf_counter() - t0, int(tr["episode_id"].n_unique()))
+
+
+def score_lgbm(df: pl.DataFrame, model: LgbmModel) -> pl.DataFrame:
+    df = _sorted(df)
+    names = feature_names(extra=True)
+    s = model.booster.predict(
+        _matrix(add_model_features(df, extra=True), names), num_iteration=model.best_iteration
+    )
+    offsets, _, _ = episode_layout(df)
+    return df.with_columns(
+        score=pl.Series(s), prob=pl.Series(group_softmax(model.inv_temperature * s, offsets))
+    )
+
+
+# --- quantities --------------------------------------------------------------------------------------
+
+
+def top_options(scored: pl.DataFrame) -> pl.DataFrame:
+    """episode_id and the columns of its top-scored option (ties: the smaller product_id)."""
+    return (
+        scored.with_columns(pl.col("score").cast(pl.Float64).fill_nan(None).fill_null(-math.inf))
+        .sort(["episode_id", "score", "product_id"], descending=[False, True, False])
+        .group_by("episode_id", maintain_order=True)
+        .first()
+    )
+
+
+def qty_customer_mean(scored: pl.DataFrame) -> pl.DataFrame:
+    """episode_id, qty_pred, qty_actual: cust_mean_qty, else prod_mean_qty_28d of the top option, else 1;
+    rounded to the nearest integer, at least 1."""
+    top = top_options(scored)
+    raw = pl.coalesce(pl.col("cust_mean_qty"), pl.col("prod_mean_qty_28d"), pl.lit(1.0)).cast(pl.Float64)
+    return top.select(
+        "episode_id",
+        qty_pred=pl.max_horizontal(raw.round(0), pl.lit(1.0)),
+        qty_actual=pl.col("quantity").cast(pl.Float64),
+    )
+
+
+def qty_one(scored: pl.DataFrame) -> pl.DataFrame:
+    eps = scored.group_by("episode_id").agg(qty_actual=pl.col("quantity").first().cast(pl.Float64))
+    return eps.with_columns(qty_pred=pl.lit(1.0)).select("episode_id", "qty_pred", "qty_actual")
+
+
+# --- the whole run ----------------------------------------------------------------------------------
+
+
+def _metrics_rows(
+    method: str, scored: pl.DataFrame | None, qty: pl.DataFrame, members: pl.DataFrame
+) -> list[dict]:
+    rows = []
+    for split in SPLITS:
+        ids = members.filter(pl.col("split") == split).select("episode_id")
+        if scored is not None:
+            long = scored.join(ids, on="episode_id", how="semi")
+            m = evaluate(long, qty)
+        else:  # a quantity-only method: no choice metrics
+            q = qty.join(ids, on="episode_id", how="semi")
+            m = {
+                "n_episodes": q.height,
+                "hit1": None,
+                "hit3": None,
+                "nll": None,
+                "qty_mae": qty_mae(q),
+                "qty_wape": qty_wape(q),
+                "share_jsd": None,
+            }
+        rows.append({"method": method, "split": split, **m})
+    return rows
+
+
+METRICS_SCHEMA = {
+    "method": pl.Utf8,
+    "split": pl.Utf8,
+    "n_episodes": pl.Int64,
+    "hit1": pl.Float64,
+    "hit3": pl.Float64,
+    "nll": pl.Float64,
+    "qty_mae": pl.Float64,
+    "qty_wape": pl.Float64,
+    "share_jsd": pl.Float64,
+}
+
+
+def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, log=print) -> BaselineRun:
+    """Fit and score every baseline; metrics per method and split.
+
+    `opts`: the option frame (see the module docstring; loaded by sql/evaluation/select_baseline_options.sql).
+    Fitting uses train rows with use_for_fit; scoring and metrics use val and test episodes only.
+    """
+    settings = settings or BaselineSettings()
+    info: dict[str, Any] = {}
+    t_all = time.perf_counter()
+    opts = _sorted(ensure_sample_key(opts, settings.seed))
+    train = opts.filter((pl.col("period") == "train") & pl.col("use_for_fit").fill_null(False))
+    evalf = opts.filter(pl.col("period").is_in(["val", "test"]))
+    val = evalf.filter(pl.col("period") == "val")
+    episodes = evalf.group_by("episode_id").agg(
+        pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key").first()
+    )
+    members = split_membership(episodes, settings.sample_per_split)
+    info["n_fit_episodes"] = int(train["episode_id"].n_unique())
+    info["n_eval_episodes"] = int(episodes.height)
+    info["n_eval_rows"] = int(evalf.height)
+    log(f"baselines: {info['n_fit_episodes']} fit episodes, {info['n_eval_episodes']} val/test episodes")
+
+    scored: dict[str, pl.DataFrame] = {}
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    scored["random"] = score_random(evalf)
+    scored["popularity"] = score_popularity(evalf)
+    scored["repeat"] = score_repeat(evalf)
+    timings["simple"] = time.perf_counter() - t
+
+    clogit_res: ClogitResult | None = None
+    t = time.perf_counter()
+    if train.height:
+        clogit_res = fit_clogit_baseline(train, settings)
+        scored["clogit"] = score_clogit(evalf, clogit_res)
+        info["clogit_converged"] = clogit_res.converged
+        info["clogit_n_fit_episodes"] = clogit_res.n_groups
+        log(
+            f"clogit: {clogit_res.n_groups} episodes, loglik {clogit_res.loglik:.1f}, converged {clogit_res.converged}"
+        )
+    timings["clogit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if train.height:
+        model = fit_lgbm_ranker(train, val, settings)
+        scored["lgbm"] = score_lgbm(evalf, model)
+        info.update(
+            lgbm_best_iteration=model.best_iteration,
+            lgbm_inv_temperature=model.inv_temperature,
+            lgbm_n_train_episodes=model.n_train_episodes,
+            lgbm_fit_seconds=model.fit_seconds,
+        )
+        log(
+            f"lgbm: {model.n_train_episodes} episodes, {model.best_iteration} trees, 1/T {model.inv_temperature:.3f}"
+        )
+    timings["lgbm"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows: list[dict] = []
+    for method, frame in scored.items():
+        rows += _metrics_rows(method, frame, qty_customer_mean(frame), members)
+    rows += _metrics_rows("qty_customer_mean", None, qty_customer_mean(scored["popularity"]), members)
+    rows += _metrics_rows("qty_one", None, qty_one(evalf), members)
+    timings["metrics"] = time.perf_counter() - t
+    metrics = pl.DataFrame(rows, schema=METRICS_SCHEMA)
+
+    predictions = pl.concat(
+        [
+            f.select(
+                pl.lit(m).alias("method"),
+                "episode_id",
+                "product_id",
+                pl.col("score").cast(pl.Float64),
+                pl.col("prob").cast(pl.Float64),
+            )
+            for m, f in scored.items()
+        ]
+    )
+    timings["total"] = time.perf_counter() - t_all
+    info["timings"] = timings
+    return BaselineRun(predictions=predictions, metrics=metrics, clogit=clogit_res, info=info)

@@ -1,0 +1,197 @@
+"""The baseline report: load the option frame, run the baselines, write tables, plot, log to MLflow.
+
+Plain functions (no Dagster import); the asset in __init__.py wires them.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from assets.evaluation.baselines import (
+    CHOICE_METHODS,
+    QTY_METHODS,
+    SPLITS,
+    BaselineRun,
+    BaselineSettings,
+    run_baselines,
+)
+from resources.sql import load_sql
+
+METRIC_NAMES = ["hit1", "hit3", "nll", "qty_mae", "qty_wape", "share_jsd"]
+
+
+def load_option_frame(conn, seed: int) -> pl.DataFrame:
+    """The option frame of the baselines (sql/evaluation/select_baseline_options.sql)."""
+    return conn.sql(load_sql("evaluation/select_baseline_options"), params={"seed": seed}).pl()
+
+
+def write_tables(conn, run: BaselineRun) -> None:
+    """Replace baseline_predictions and baseline_metrics with this run's frames."""
+    for name, frame in (("baseline_predictions", run.predictions), ("baseline_metrics", run.metrics)):
+        conn.register(f"staged_{name}", frame.to_arrow())
+        try:
+            conn.execute(load_sql(f"evaluation/{name}"))
+        finally:
+            conn.unregister(f"staged_{name}")
+
+
+def metrics_problems(metrics: pl.DataFrame) -> list[str]:
+    """Rows whose metrics are out of range: hit rates outside [0, 1], nll < 0, negative errors or JSD
+    outside [0, 1] (base 2), n_episodes < 0. NaN counts as out of range. Empty list: all in range."""
+    problems = []
+    bounds = {
+        "hit1": (0.0, 1.0),
+        "hit3": (0.0, 1.0),
+        "nll": (0.0, math.inf),
+        "qty_mae": (0.0, math.inf),
+        "qty_wape": (0.0, math.inf),
+        "share_jsd": (0.0, 1.0 + 1e-9),
+        "n_episodes": (0, math.inf),
+    }
+    for row in metrics.iter_rows(named=True):
+        for col, (lo, hi) in bounds.items():
+            v = row.get(col)
+            if v is None:
+                continue
+            if not (lo <= v <= hi):  # also catches NaN
+                problems.append(f"{row['method']}/{row['split']}/{col}={v}")
+        if row.get("hit1") is not None and row.get("hit3") is not None and row["hit3"] < row["hit1"] - 1e-12:
+            problems.append(f"{row['method']}/{row['split']}/hit3<hit1")
+    return problems
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def metrics_markdown(metrics: pl.DataFrame) -> str:
+    """One markdown table per split (a heading per split), methods as rows."""
+    cols = ["method", "n_episodes", *METRIC_NAMES]
+    out = []
+    for split in SPLITS:
+        part = metrics.filter(pl.col("split") == split)
+        if part.height == 0:
+            continue
+        out.append(f"**{split}**\n")
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        for row in part.iter_rows(named=True):
+            out.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def headline_metrics(metrics: pl.DataFrame) -> dict[str, float]:
+    """`{split}/{method}/{metric}` -> float for every defined metric (NaN and null left out)."""
+    out = {}
+    for row in metrics.iter_rows(named=True):
+        for m in METRIC_NAMES:
+            v = row[m]
+            if v is not None and not math.isnan(v):
+                out[f"{row['split']}/{row['method']}/{m}"] = float(v)
+    return out
+
+
+def plot_metrics(metrics: pl.DataFrame, path: str | Path) -> Path:
+    """Grouped bars per split: hit@1, hit@3 and nll of each choice method. Returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in CHOICE_METHODS if m in set(metrics["method"].to_list())]
+    splits = [s for s in SPLITS if s in set(metrics["split"].to_list())]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(splits))
+    for ax, metric, title in zip(
+        axes, ["hit1", "hit3", "nll"], ["hit@1", "hit@3", "nll (lower is better)"], strict=True
+    ):
+        for i, method in enumerate(methods):
+            vals = []
+            for split in splits:
+                r = metrics.filter((pl.col("method") == method) & (pl.col("split") == split))
+                v = r[metric][0] if r.height else None
+                vals.append(np.nan if v is None else v)
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=method)
+        ax.set_xticks(x, splits, rotation=20)
+        ax.set_title(title)
+        if metric != "nll":
+            ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Reference baselines per split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def image_markdown(path: str | Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"![baseline metrics](data:image/png;base64,{data})"
+
+
+def coefficients_frame(run: BaselineRun) -> pl.DataFrame:
+    """feature, coef, se, z of the fitted conditional logit (empty if it was not fitted)."""
+    schema = {"feature": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64}
+    if run.clogit is None:
+        return pl.DataFrame(schema=schema)
+    return pl.DataFrame(run.clogit.to_rows(), schema=schema)
+
+
+def log_to_mlflow(run: BaselineRun, settings: BaselineSettings, out_dir: str | Path, plot_path: Path) -> None:
+    """Params, metrics (`split.method.metric`), and artifacts (plot, metrics CSV, clogit coefficients CSV)
+    into the active MLflow run."""
+    import mlflow
+
+    out_dir = Path(out_dir)
+    metrics_csv = out_dir / "baseline_metrics.csv"
+    coef_csv = out_dir / "clogit_coefficients.csv"
+    run.metrics.write_csv(metrics_csv)
+    coefficients_frame(run).write_csv(coef_csv)
+    params = {k: v for k, v in vars(settings).items()}
+    params.update({k: v for k, v in run.info.items() if isinstance(v, int | float | str | bool)})
+    mlflow.log_params(params)
+    # MLflow metric keys may not contain '/' in every store: use dots
+    mlflow.log_metrics({k.replace("/", "."): v for k, v in headline_metrics(run.metrics).items()})
+    mlflow.log_metrics({f"seconds.{k}": v for k, v in run.info.get("timings", {}).items()})
+    for p in (plot_path, metrics_csv, coef_csv):
+        mlflow.log_artifact(str(p))
+
+
+def build_baseline_report(conn, settings: BaselineSettings, log=print) -> BaselineRun:
+    """Load the option frame, run every baseline and write baseline_predictions / baseline_metrics."""
+    opts = load_option_frame(conn, settings.seed)
+    log(f"option frame: {opts.height} rows")
+    run = run_baselines(opts, settings, log=log)
+    write_tables(conn, run)
+    return run
+
+
+__all__ = [
+    "CHOICE_METHODS",
+    "QTY_METHODS",
+    "build_baseline_report",
+    "coefficients_frame",
+    "headline_metrics",
+    "image_markdown",
+    "load_option_frame",
+    "log_to_mlflow",
+    "metrics_markdown",
+    "metrics_problems",
+    "plot_metrics",
+    "write_tables",
+]

@@ -1,0 +1,456 @@
+"""Evaluation: metrics on hand-computed examples, baselines on hand-made episodes, the baseline_report asset."""
+
+import datetime
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from assets.evaluation import metrics as M
+from assets.evaluation.baselines import (
+    BaselineSettings,
+    qty_customer_mean,
+    qty_one,
+    run_baselines,
+    score_popularity,
+    score_random,
+    score_repeat,
+    split_membership,
+)
+from assets.evaluation.logic import headline_metrics, metrics_markdown, metrics_problems
+
+
+def long_frame(rows):
+    """rows: (episode_id, product_id, score, prob, is_chosen, category)."""
+    return pl.DataFrame(
+        rows,
+        schema={
+            "episode_id": pl.Utf8,
+            "product_id": pl.Utf8,
+            "score": pl.Float64,
+            "prob": pl.Float64,
+            "is_chosen": pl.Boolean,
+            "category": pl.Utf8,
+        },
+        orient="row",
+    )
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+
+def test_hit_at_k_with_ties():
+    df = long_frame(
+        [
+            # e1: actual strictly first -> hit1 1, hit3 1
+            ("e1", "a", 3.0, 0.5, True, "C"),
+            ("e1", "b", 2.0, 0.3, False, "C"),
+            ("e1", "c", 1.0, 0.2, False, "C"),
+            # e2: actual tied with 1 other at the top -> hit1 1/2, hit3 1
+            ("e2", "a", 5.0, 0.4, False, "C"),
+            ("e2", "b", 5.0, 0.4, True, "C"),
+            ("e2", "c", 1.0, 0.2, False, "C"),
+            # e3: 1 above, actual tied with 3 others (4 tied) -> rank uniform on 2..5:
+            #     hit1 0, hit3 = P(rank <= 3) = 2/4
+            ("e3", "a", 9.0, 0.3, False, "C"),
+            ("e3", "b", 1.0, 0.175, True, "C"),
+            ("e3", "c", 1.0, 0.175, False, "C"),
+            ("e3", "d", 1.0, 0.175, False, "C"),
+            ("e3", "e", 1.0, 0.175, False, "C"),
+            # e4: every option tied (random): 4 options -> hit1 1/4, hit3 3/4
+            ("e4", "a", 0.0, 0.25, False, "C"),
+            ("e4", "b", 0.0, 0.25, False, "C"),
+            ("e4", "c", 0.0, 0.25, True, "C"),
+            ("e4", "d", 0.0, 0.25, False, "C"),
+        ]
+    )
+    assert M.hit1(df) == pytest.approx((1 + 0.5 + 0 + 0.25) / 4)
+    assert M.hit3(df) == pytest.approx((1 + 1 + 0.5 + 0.75) / 4)
+    per = M.per_episode_hits(df).sort("episode_id")
+    assert per["hit1"].to_list() == pytest.approx([1, 0.5, 0, 0.25])
+
+
+def test_null_score_ranks_last_and_missing_actual_is_a_miss():
+    df = long_frame(
+        [
+            ("e1", "a", None, 0.5, True, "C"),  # unscored actual: below the scored option
+            ("e1", "b", 0.1, 0.5, False, "C"),
+            ("e2", "a", 1.0, 1.0, False, "C"),  # no actual option in the frame
+        ]
+    )
+    per = M.per_episode_hits(df, (1, 3)).sort("episode_id")
+    assert per["hit1"].to_list() == [0.0, 0.0]
+    assert per["hit3"].to_list() == [1.0, 0.0]
+    # nll: e1 -ln 0.5; e2 no actual -> -ln 1e-12
+    assert M.nll(df) == pytest.approx((math.log(2) + -math.log(1e-12)) / 2)
+
+
+def test_nll_clips_and_is_none_without_probs():
+    df = long_frame(
+        [
+            ("e1", "a", 1.0, 0.25, True, "C"),
+            ("e1", "b", 2.0, 0.75, False, "C"),
+            ("e2", "a", 1.0, 0.0, True, "C"),  # p = 0 -> clipped at 1e-12
+            ("e2", "b", 2.0, 1.0, False, "C"),
+        ]
+    )
+    assert M.nll(df) == pytest.approx((math.log(4) + 12 * math.log(10)) / 2)
+    assert M.nll(df.with_columns(prob=pl.lit(None, dtype=pl.Float64))) is None
+    assert M.share_jsd(df.with_columns(prob=pl.lit(None, dtype=pl.Float64))) is None
+
+
+def test_quantity_errors():
+    q = pl.DataFrame({"episode_id": ["a", "b", "c"], "qty_pred": [1.0, 3.0, 2.0], "qty_actual": [1, 1, 4]})
+    # |err| = 0, 2, 2 -> mae 4/3; wape 4 / 6
+    assert M.qty_mae(q) == pytest.approx(4 / 3)
+    assert M.qty_wape(q) == pytest.approx(4 / 6)
+    assert M.qty_wape(q.with_columns(qty_actual=pl.lit(0))) is None
+
+
+def test_share_jsd_hand_computed():
+    df = long_frame(
+        [
+            # category A, 2 episodes: predicted shares (0.5, 0.5), actual (1, 0)
+            ("e1", "x", 1.0, 0.5, True, "A"),
+            ("e1", "y", 1.0, 0.5, False, "A"),
+            ("e2", "x", 1.0, 0.5, True, "A"),
+            ("e2", "y", 1.0, 0.5, False, "A"),
+            # category B, 1 episode: predicted (1, 0) = actual -> JSD 0
+            ("e3", "u", 1.0, 1.0, True, "B"),
+            ("e3", "v", 0.0, 0.0, False, "B"),
+        ]
+    )
+    # M = (0.75, 0.25); KL(P||M) = 0.5 log2(0.5/0.75) + 0.5 log2(0.5/0.25); KL(Q||M) = log2(1/0.75)
+    jsd_a = 0.5 * (0.5 * math.log2(2 / 3) + 0.5 * 1.0) + 0.5 * math.log2(4 / 3)
+    per = M.per_category_jsd(df)
+    assert per.filter(pl.col("category") == "A")["jsd"][0] == pytest.approx(jsd_a)
+    assert per.filter(pl.col("category") == "B")["jsd"][0] == pytest.approx(0.0, abs=1e-15)
+    assert M.share_jsd(df) == pytest.approx(2 / 3 * jsd_a)
+    assert M.jsd_base2(np.array([0.5, 0.5]), np.array([1.0, 0.0])) == pytest.approx(jsd_a)
+    assert M.jsd_base2(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+
+
+def test_evaluate_combines_everything():
+    df = long_frame([("e1", "a", 2.0, 0.8, True, "C"), ("e1", "b", 1.0, 0.2, False, "C")])
+    q = pl.DataFrame({"episode_id": ["e1", "zz"], "qty_pred": [2.0, 9.0], "qty_actual": [3, 1]})
+    out = M.evaluate(df, q)
+    assert out["n_episodes"] == 1 and out["hit1"] == 1.0 and out["hit3"] == 1.0
+    assert out["nll"] == pytest.approx(-math.log(0.8))
+    assert out["qty_mae"] == 1.0  # the episode outside the frame (zz) is not counted
+    assert out["qty_wape"] == pytest.approx(1 / 3)
+    assert out["share_jsd"] == pytest.approx(M.jsd_base2(np.array([0.8, 0.2]), np.array([1.0, 0.0])))
+
+
+def test_top1_agreement_and_share_cv():
+    def run(choices):
+        return pl.DataFrame(
+            {"episode_id": ["e1", "e2", "e3", "e4"], "category": ["A"] * 4, "product_id": choices}
+        )
+
+    r1, r2, r3 = run(["x", "x", "y", "y"]), run(["x", "y", "y", "y"]), run(["x", "x", "y", "y"])
+    # pairs: (1,2) 3/4, (1,3) 4/4, (2,3) 3/4 -> mean 10/12
+    assert M.top1_agreement([r1, r2, r3]) == pytest.approx(10 / 12)
+    assert M.top1_agreement([r1]) is None
+    # shares of x: 0.5, 0.25, 0.5; of y: 0.5, 0.75, 0.5 (sample std, ddof = 1)
+    sx = np.std([0.5, 0.25, 0.5], ddof=1) / np.mean([0.5, 0.25, 0.5])
+    sy = np.std([0.5, 0.75, 0.5], ddof=1) / np.mean([0.5, 0.75, 0.5])
+    assert M.share_cv([r1, r2, r3]) == pytest.approx((sx + sy) / 2)
+    # a product only one run picks counts as 0 in the others
+    r4 = run(["z", "x", "y", "y"])
+    shares = {"x": [0.5, 0.25], "y": [0.5, 0.5], "z": [0.0, 0.25]}
+    cvs = [np.std(v, ddof=1) / np.mean(v) for v in shares.values()]
+    assert M.share_cv([r1, r4]) == pytest.approx(np.mean(cvs))
+    # top1 from scores: ties -> the smaller product_id
+    df = long_frame([("e1", "b", 1.0, None, False, "A"), ("e1", "a", 1.0, None, True, "A")])
+    assert M.top1_choices(df)["product_id"].to_list() == ["a"]
+
+
+# --- baselines on a hand-made episode table ---------------------------------------------------------
+
+
+def option_rows():
+    """Two test episodes; e1: p1 most sold, customer bought p2 three times (actual p2);
+    e2: the customer never bought anything, p5 most sold and actual."""
+    return pl.DataFrame(
+        {
+            "episode_id": ["e1", "e1", "e1", "e2", "e2"],
+            "product_id": ["p1", "p2", "p3", "p4", "p5"],
+            "position": [1, 2, 3, 1, 2],
+            "is_chosen": [False, True, False, False, True],
+            "category": ["A", "A", "A", "B", "B"],
+            "pop_28d": [5, 1, 0, 2, 7],
+            "cust_product_purchases": [0, 3, 0, 0, 0],
+            "cust_mean_qty": [2.4, 2.4, 2.4, None, None],
+            "prod_mean_qty_28d": [1.0, 1.0, 1.0, 3.6, 1.2],
+            "quantity": [3, 3, 3, 2, 2],
+        }
+    )
+
+
+def test_popularity_random_repeat_on_hand_made_episodes():
+    df = option_rows()
+    pop = score_popularity(df)
+    # e1: popularity picks p1 (miss); e2: p5 (hit) -> hit1 1/2
+    assert M.hit1(pop) == pytest.approx(0.5)
+    # (count + 1) / sum: e1 p2 = 2/9, e2 p5 = 8/11
+    p = dict(zip(pop["product_id"], pop["prob"], strict=True))
+    assert p["p2"] == pytest.approx(2 / 9) and p["p5"] == pytest.approx(8 / 11)
+    assert M.nll(pop) == pytest.approx((math.log(9 / 2) + math.log(11 / 8)) / 2)
+    rep = score_repeat(df)
+    # e1: repeat picks p2 (hit); e2: no purchases -> popularity breaks the tie: p5 (hit)
+    assert M.hit1(rep) == 1.0
+    assert M.nll(rep) is None
+    rnd = score_random(df)
+    assert M.hit1(rnd) == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert rnd.filter(pl.col("episode_id") == "e1")["prob"].to_list() == pytest.approx([1 / 3] * 3)
+
+
+def test_quantity_baselines():
+    df = score_popularity(option_rows())
+    q = qty_customer_mean(df).sort("episode_id")
+    # e1: the customer's mean 2.4 -> 2; e2: no customer mean -> top option p5's 1.2 -> 1
+    assert q["qty_pred"].to_list() == [2.0, 1.0]
+    assert q["qty_actual"].to_list() == [3.0, 2.0]
+    assert qty_one(df).sort("episode_id")["qty_pred"].to_list() == [1.0, 1.0]
+
+
+def test_split_membership_and_sample():
+    eps = pl.DataFrame(
+        {
+            "episode_id": ["a", "b", "c", "d"],
+            "period": ["val", "test", "test", "test"],
+            "in_test_sparse": [False, True, False, False],
+            "in_test_cold": [False, False, True, None],
+            "in_test_new": [False, False, False, True],
+            "sample_key": ["3", "2", "1", "0"],
+        }
+    )
+    m = split_membership(eps)
+    got = {s: sorted(m.filter(pl.col("split") == s)["episode_id"].to_list()) for s in m["split"].unique()}
+    assert got == {
+        "val": ["a"],
+        "test_all": ["b", "c", "d"],
+        "test_sparse": ["b"],
+        "test_cold": ["c"],
+        "test_new": ["d"],
+    }
+    m2 = split_membership(eps, sample_per_split=2)
+    assert sorted(m2.filter(pl.col("split") == "test_all")["episode_id"].to_list()) == ["c", "d"]
+
+
+def test_metrics_problems_pass_and_fail():
+    good = pl.DataFrame(
+        {
+            "method": ["m"],
+            "split": ["s"],
+            "n_episodes": [3],
+            "hit1": [0.2],
+            "hit3": [0.5],
+            "nll": [1.1],
+            "qty_mae": [0.3],
+            "qty_wape": [0.4],
+            "share_jsd": [None],
+        }
+    )
+    assert metrics_problems(good) == []
+    bad = good.with_columns(hit1=pl.lit(1.5), nll=pl.lit(-0.1))
+    assert len(metrics_problems(bad)) == 3  # hit1 > 1, nll < 0, hit3 < hit1
+    assert metrics_problems(good.with_columns(hit3=pl.lit(float("nan"))))
+
+
+# --- a tiny warehouse: the four input tables with the documented columns --------------------------------
+
+
+def tiny_tables(seed=0, n_customers=12, n_days=70):
+    """Episodes where customers mostly re-buy their favourite product of a category, sometimes the most
+    popular one; features consistent with the documented meanings (enough to fit the logit and ranker)."""
+    rng = np.random.default_rng(seed)
+    cats = {
+        "A": [f"A{i}" for i in range(6)],
+        "B": [f"B{i}" for i in range(4)],
+        "C": [f"C{i}" for i in range(3)],
+    }
+    fav = {(c, k): rng.choice(p) for c in range(n_customers) for k, p in cats.items()}
+    start = datetime.datetime(2024, 1, 1)
+    eps, opts, feats = [], [], []
+    counts: dict = {}
+    pop: dict = {}
+    b = 0
+    for day in range(n_days):
+        for c in range(n_customers):
+            if rng.random() > 0.5:
+                continue
+            b += 1
+            for k, prods in cats.items():
+                if rng.random() > 0.7:
+                    continue
+                chosen = fav[(c, k)] if rng.random() < 0.75 else rng.choice(prods)
+                eid = f"{b}|{k}"
+                qty = int(rng.integers(1, 4))
+                eps.append(
+                    {
+                        "episode_id": eid,
+                        "basket_id": str(b),
+                        "category": k,
+                        "customer_id": str(c),
+                        "ts": start + datetime.timedelta(days=day),
+                        "day": (start + datetime.timedelta(days=day)).date(),
+                        "chosen_product_id": chosen,
+                        "quantity": qty,
+                        "n_options": len(prods),
+                    }
+                )
+                for pos, p in enumerate(sorted(prods), 1):
+                    price = 1.0 + 0.1 * pos
+                    cp = counts.get((c, p), 0)
+                    opts.append(
+                        {
+                            "episode_id": eid,
+                            "product_id": p,
+                            "position": pos,
+                            "is_chosen": p == chosen,
+                            "price": price,
+                            "list_price": price * 1.1,
+                        }
+                    )
+                    feats.append(
+                        {
+                            "episode_id": eid,
+                            "product_id": p,
+                            "pop_28d": pop.get(p, 0),
+                            "pop_total": pop.get(p, 0),
+                            "is_new": pop.get(p, 0) == 0,
+                            "cust_product_purchases": cp,
+                            "cust_brand_purchases": cp,
+                            "cust_category_purchases": sum(counts.get((c, q), 0) for q in prods),
+                            "days_since_cust_purchase": float(rng.integers(1, 30)) if cp else None,
+                            "discount_depth": 1 - 1 / 1.1,
+                            "log_price": math.log(price + 0.01),
+                            "rel_price": 1.0,
+                            "ref_price": price,
+                            "ref_price_gap": 0.0,
+                            "cust_mean_qty": 2.0 if cp else None,
+                            "prod_mean_qty_28d": 1.5 if pop.get(p, 0) else None,
+                        }
+                    )
+                counts[(c, chosen)] = counts.get((c, chosen), 0) + 1
+                pop[chosen] = pop.get(chosen, 0) + 1
+    episodes = pl.DataFrame(eps).with_columns(pl.col("n_options").cast(pl.Int32))
+    last = n_days - 1
+    splits = episodes.select(
+        "episode_id",
+        period=pl.when(pl.col("day") >= (start + datetime.timedelta(days=last - 13)).date())
+        .then(pl.lit("test"))
+        .when(pl.col("day") >= (start + datetime.timedelta(days=last - 20)).date())
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train")),
+    ).with_columns(
+        in_test_sparse=(pl.col("period") == "test") & pl.col("episode_id").str.ends_with("|C"),
+        in_test_cold=pl.lit(False),
+        in_test_new=pl.lit(False),
+        cold_category=pl.lit(False),
+        use_for_fit=pl.col("period") == "train",
+    )
+    options = pl.DataFrame(opts).with_columns(pl.col("position").cast(pl.Int32))
+    return episodes, options, pl.DataFrame(feats), splits
+
+
+def test_run_baselines_on_tiny_tables():
+    episodes, options, feats, splits = tiny_tables()
+    opts = (
+        options.join(
+            episodes.select("episode_id", "basket_id", "category", "customer_id", "quantity"), on="episode_id"
+        )
+        .join(splits, on="episode_id")
+        .join(feats, on=["episode_id", "product_id"], how="left")
+    )
+    run = run_baselines(
+        opts, BaselineSettings(max_train_episodes=10_000, lgbm_n_estimators=30), log=lambda s: None
+    )
+    met = run.metrics
+    # random: hit1 = mean over test episodes of 1 / n_options, computed here from the tables
+    test_ids = splits.filter(pl.col("period") == "test")["episode_id"]
+    n_opt = episodes.filter(pl.col("episode_id").is_in(test_ids.implode()))["n_options"].cast(pl.Float64)
+    rnd = met.filter((pl.col("method") == "random") & (pl.col("split") == "test_all"))
+    assert rnd["hit1"][0] == pytest.approx(float((1 / n_opt).mean()))
+    assert rnd["nll"][0] == pytest.approx(float(n_opt.log().mean()))
+    assert rnd["n_episodes"][0] == test_ids.len()
+    # repeat, clogit and the ranker find the habit; popularity mostly does not
+    get = {(r["method"], r["split"]): r for r in met.iter_rows(named=True)}
+    assert get[("repeat", "test_all")]["hit1"] > get[("popularity", "test_all")]["hit1"]
+    assert get[("clogit", "test_all")]["hit1"] > 0.6
+    assert get[("lgbm", "test_all")]["hit1"] > 0.6
+    assert get[("clogit", "test_all")]["nll"] < get[("random", "test_all")]["nll"]
+    assert get[("qty_one", "test_all")]["hit1"] is None
+    assert get[("qty_one", "test_all")]["qty_mae"] is not None
+    assert metrics_problems(met) == []
+    # predictions: every method on every val/test option
+    n_eval_rows = options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
+    assert run.predictions.height == 5 * n_eval_rows
+    md = metrics_markdown(met)
+    assert "**test_all**" in md and "clogit" in md
+    assert headline_metrics(met)["test_all/repeat/hit1"] == get[("repeat", "test_all")]["hit1"]
+
+
+def write_warehouse(conn, tables):
+    for name, frame in zip(
+        ["decision_episodes", "episode_options", "option_features", "episode_splits"], tables, strict=True
+    ):
+        conn.register("tmp_frame", frame.to_arrow())
+        conn.execute(f"create or replace table {name} as select * from tmp_frame")
+        conn.unregister("tmp_frame")
+
+
+def test_baseline_report_materializes(duckdb_resource, mlflow_resource):
+    import dagster as dg
+
+    from assets.evaluation import BaselineReportConfig, baseline_report, metrics_in_range
+
+    tables = tiny_tables(seed=1)
+    with duckdb_resource.get_connection() as conn:
+        write_warehouse(conn, tables)
+    result = dg.materialize(
+        [baseline_report, metrics_in_range],
+        resources={"duckdb": duckdb_resource, "mlflow": mlflow_resource},
+        run_config=dg.RunConfig({"baseline_report": BaselineReportConfig(lgbm_n_estimators=20)}),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("baseline_report")[0].metadata
+    episodes, options, _, splits = tables
+    test = splits.filter(pl.col("period") == "test").join(episodes, on="episode_id")
+    expected_random = float((1 / test["n_options"].cast(pl.Float64)).mean())
+    assert meta["test_all/random/hit1"].value == pytest.approx(expected_random)
+    assert meta["test_all/random/hit3"].value == pytest.approx(
+        float((3 / test["n_options"]).clip(0, 1).mean())
+    )
+    assert meta["mlflow_run_id"].value
+    assert meta["plot"].value.startswith("![baseline metrics](data:image/png;base64,")
+    with duckdb_resource.get_connection() as conn:
+        met = conn.sql("select * from baseline_metrics").pl()
+        n_pred = conn.execute("select count(*) from baseline_predictions").fetchone()[0]
+        qty_one_mae = conn.execute(
+            "select qty_mae from baseline_metrics where method = 'qty_one' and split = 'test_all'"
+        ).fetchone()[0]
+    assert set(met["split"]) == {"val", "test_all", "test_sparse", "test_cold", "test_new"}
+    assert n_pred == 5 * options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
+    # qty_one: mean |1 - quantity| over the test episodes, computed from the input table
+    assert qty_one_mae == pytest.approx(float((test["quantity"] - 1).abs().mean()))
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 1 and checks[0].passed
+
+
+def test_metrics_in_range_check_fails_on_bad_table(duckdb_resource):
+    from assets.evaluation import metrics_in_range
+
+    with duckdb_resource.get_connection() as conn:
+        conn.execute(
+            "create table baseline_metrics as select 'm' as method, 'test_all' as split, 10::bigint as n_episodes,"
+            " 1.2::double as hit1, 1.3::double as hit3, -1.0::double as nll, 0.1::double as qty_mae,"
+            " 0.1::double as qty_wape, null::double as share_jsd"
+        )
+    res = metrics_in_range(duckdb=duckdb_resource)
+    assert not res.passed
+    with duckdb_resource.get_connection() as conn:
+        conn.execute("update baseline_metrics set hit1 = 0.2, hit3 = 0.5, nll = 1.0")
+    assert metrics_in_range(duckdb=duckdb_resource).passed
