@@ -247,7 +247,8 @@ def fit_clogit(
     mu = X.mean(axis=0) if n_rows else np.zeros(k)
     sd = X.std(axis=0) if n_rows else np.ones(k)
     sd = np.where(sd > 1e-12, sd, 1.0)
-    Z = (X - mu) / sd
+    Z = X - mu  # a fresh array: standardised in place to spare a second n_rows x k copy
+    Z /= sd
 
     prob = _Problem(Z, starts, gidx, chosen_k, base, w_group, float(l2), prior * sd, sd)
     b0 = prior * sd if l2 > 0 else np.zeros(k)
