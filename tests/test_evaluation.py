@@ -454,3 +454,28 @@ def test_metrics_in_range_check_fails_on_bad_table(duckdb_resource):
     with duckdb_resource.get_connection() as conn:
         conn.execute("update baseline_metrics set hit1 = 0.2, hit3 = 0.5, nll = 1.0")
     assert metrics_in_range(duckdb=duckdb_resource).passed
+
+
+def test_evaluate_splits_matches_evaluate_per_split():
+    episodes, options, feats, splits = tiny_tables(seed=2, n_days=30)
+    long = options.join(episodes.select("episode_id", "category", "quantity"), on="episode_id").join(
+        feats.select("episode_id", "product_id", "pop_28d"), on=["episode_id", "product_id"]
+    )
+    scored = score_popularity(long)
+    qty = qty_one(scored)
+    members = splits.select("episode_id", split="period")
+    rows = M.evaluate_splits(scored, qty, members, ["train", "val", "test", "absent"])
+    for row in rows[:3]:
+        ids = members.filter(pl.col("split") == row["split"])
+        ref = M.evaluate(scored.join(ids, on="episode_id", how="semi"), qty)
+        for k, v in ref.items():
+            assert row[k] == pytest.approx(v), (row["split"], k)
+    assert rows[3]["n_episodes"] == 0 and rows[3]["hit1"] is None
+
+
+def test_config_defaults_match_settings():
+    from dataclasses import asdict
+
+    from assets.evaluation import BaselineReportConfig
+
+    assert BaselineReportConfig().model_dump() == asdict(BaselineSettings())

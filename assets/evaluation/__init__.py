@@ -12,13 +12,13 @@ from resources.paths import data_dir
 
 class BaselineReportConfig(dg.Config):
     seed: int = 0  # the protocol's seed: sample keys and the ranker's subsample and randomness
-    max_train_episodes: int = 150_000  # lgbm fit episodes (seeded md5 subsample): keeps fitting near a minute
+    max_train_episodes: int = 100_000  # lgbm fit episodes (seeded md5 subsample): keeps fitting near a minute
     clogit_max_train_episodes: int = 0  # clogit fit episodes; 0 = all (the fit takes seconds)
     max_val_episodes: int = 50_000  # lgbm early stopping and softmax temperature: val subsample
     lgbm_num_leaves: int = 31  # tree size of the ranker
-    lgbm_learning_rate: float = 0.1  # boosting step
-    lgbm_n_estimators: int = 300  # upper bound on trees (early stopping usually ends sooner)
-    lgbm_early_stopping: int = 20  # rounds without val ndcg@1 gain before stopping
+    lgbm_learning_rate: float = 0.15  # boosting step
+    lgbm_n_estimators: int = 150  # upper bound on trees (early stopping usually ends sooner)
+    lgbm_early_stopping: int = 15  # rounds without val ndcg@1 gain before stopping
     lgbm_min_data_in_leaf: int = 200  # guards against leaves fitted to a handful of options
     lgbm_max_bin: int = 63  # histogram bins: coarser is faster, features are mostly counts and logs
     lgbm_threads: int = 2  # the machines have 2 cores

@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 from assets.evaluation.clogit import ClogitResult, fit_clogit, group_softmax
-from assets.evaluation.metrics import evaluate, qty_mae, qty_wape
+from assets.evaluation.metrics import evaluate_splits, qty_mae, qty_wape
 
 CHOICE_METHODS = ["random", "popularity", "repeat", "clogit", "lgbm"]
 QTY_METHODS = ["qty_customer_mean", "qty_one"]
@@ -90,13 +90,13 @@ class BaselineSettings:
     """Knobs of run_baselines (the Dagster config maps onto this)."""
 
     seed: int = 0
-    max_train_episodes: int = 150_000  # lgbm: fit-episode subsample (by md5 of seed|episode_id)
+    max_train_episodes: int = 100_000  # lgbm: fit-episode subsample (by md5 of seed|episode_id)
     clogit_max_train_episodes: int = 0  # clogit: 0 = every fit episode
     max_val_episodes: int = 50_000  # lgbm early stopping and temperature: val subsample
     lgbm_num_leaves: int = 31
-    lgbm_learning_rate: float = 0.1
-    lgbm_n_estimators: int = 300
-    lgbm_early_stopping: int = 20
+    lgbm_learning_rate: float = 0.15
+    lgbm_n_estimators: int = 150
+    lgbm_early_stopping: int = 15
     lgbm_min_data_in_leaf: int = 200
     lgbm_max_bin: int = 63
     lgbm_threads: int = 2
@@ -255,7 +255,9 @@ class LgbmModel:
     n_train_episodes: int
 
 
-def fit_lgbm_ranker(train: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings) -> LgbmModel:
+def fit_lgbm_ranker(
+    train: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings, log=print
+) -> LgbmModel:
     """LightGBM lambdarank on a seeded subsample of the fit episodes; early stopping on val episodes;
     the softmax temperature of its scores fitted on the same val episodes (one-feature conditional logit)."""
     import lightgbm as lgb
@@ -300,6 +302,13 @@ def fit_lgbm_ranker(train: pl.DataFrame, val: pl.DataFrame, settings: BaselineSe
         callbacks.append(
             lgb.early_stopping(settings.lgbm_early_stopping, first_metric_only=True, verbose=False)
         )
+
+    def progress(env) -> None:  # a line every 25 trees (the Dagster log shows it live)
+        if (env.iteration + 1) % 25 == 0:
+            res = " ".join(f"{name}={val:.4f}" for _, name, val, _ in env.evaluation_result_list)
+            log(f"lgbm: tree {env.iteration + 1}/{settings.lgbm_n_estimators} {res}")
+
+    callbacks.append(progress)
     booster = lgb.train(
         params, dtrain, num_boost_round=settings.lgbm_n_estimators, valid_sets=valid_sets, callbacks=callbacks
     )
@@ -360,15 +369,15 @@ def qty_one(scored: pl.DataFrame) -> pl.DataFrame:
 def _metrics_rows(
     method: str, scored: pl.DataFrame | None, qty: pl.DataFrame, members: pl.DataFrame
 ) -> list[dict]:
-    rows = []
+    if scored is not None:
+        return [{"method": method, **m} for m in evaluate_splits(scored, qty, members, SPLITS)]
+    rows = []  # a quantity-only method: no choice metrics
     for split in SPLITS:
-        ids = members.filter(pl.col("split") == split).select("episode_id")
-        if scored is not None:
-            long = scored.join(ids, on="episode_id", how="semi")
-            m = evaluate(long, qty)
-        else:  # a quantity-only method: no choice metrics
-            q = qty.join(ids, on="episode_id", how="semi")
-            m = {
+        q = qty.join(members.filter(pl.col("split") == split), on="episode_id", how="semi")
+        rows.append(
+            {
+                "method": method,
+                "split": split,
                 "n_episodes": q.height,
                 "hit1": None,
                 "hit3": None,
@@ -377,7 +386,7 @@ def _metrics_rows(
                 "qty_wape": qty_wape(q),
                 "share_jsd": None,
             }
-        rows.append({"method": method, "split": split, **m})
+        )
     return rows
 
 
@@ -438,7 +447,7 @@ def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, 
 
     t = time.perf_counter()
     if train.height:
-        model = fit_lgbm_ranker(train, val, settings)
+        model = fit_lgbm_ranker(train, val, settings, log=log)
         scored["lgbm"] = score_lgbm(evalf, model)
         info.update(
             lgbm_best_iteration=model.best_iteration,

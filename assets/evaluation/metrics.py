@@ -120,26 +120,29 @@ def jsd_base2(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def per_category_jsd(long: pl.DataFrame) -> pl.DataFrame:
-    """category, n_episodes, jsd (base 2) between predicted and actual product shares. Vectorised."""
-    sums = long.group_by("category", "product_id").agg(
+def per_category_jsd(long: pl.DataFrame, by: tuple[str, ...] = ()) -> pl.DataFrame:
+    """[*by], category, n_episodes, jsd (base 2) between predicted and actual product shares. Vectorised.
+
+    `by`: extra grouping columns (e.g. ("split",) on a frame joined with split membership)."""
+    keys = [*by, "category"]
+    sums = long.group_by(*keys, "product_id").agg(
         pred=pl.col("prob").cast(pl.Float64).sum(),
         act=pl.col("is_chosen").cast(pl.Float64).sum(),
     )
-    n_ep = long.group_by("category").agg(n_episodes=pl.col("episode_id").n_unique())
-    tot = pl.col("pred").sum().over("category"), pl.col("act").sum().over("category")
-    s = sums.with_columns(p=pl.col("pred") / tot[0], q=pl.col("act") / tot[1])
+    n_ep = long.group_by(keys).agg(n_episodes=pl.col("episode_id").n_unique())
+    tot = pl.col("pred").sum().over(keys), pl.col("act").sum().over(keys)
+    s = sums.with_columns(p=pl.col("pred") / tot[0], q=pl.col("act") / tot[1], pt=tot[0], qt=tot[1])
     s = s.with_columns(m=0.5 * (pl.col("p") + pl.col("q")))
 
     def term(c: str) -> pl.Expr:
         return pl.when(pl.col(c) > 0).then(pl.col(c) * (pl.col(c) / pl.col("m")).log(2.0)).otherwise(0.0)
 
-    per = s.group_by("category").agg(
-        jsd=0.5 * term("p").sum() + 0.5 * term("q").sum(), pt=tot[0].first(), qt=tot[1].first()
+    per = s.group_by(keys).agg(
+        jsd=0.5 * term("p").sum() + 0.5 * term("q").sum(), pt=pl.col("pt").first(), qt=pl.col("qt").first()
     )
     # a category with no probability mass or no actual choice has no defined shares: left out
     per = per.filter((pl.col("pt") > 0) & (pl.col("qt") > 0)).drop("pt", "qt")
-    return per.join(n_ep, on="category", how="left").sort("category")
+    return per.join(n_ep, on=keys, how="left").sort(keys)
 
 
 def share_jsd(long: pl.DataFrame) -> float | None:
@@ -170,6 +173,55 @@ def evaluate(long: pl.DataFrame, qty: pl.DataFrame | None = None) -> dict[str, f
         q = qty.join(ids, on="episode_id", how="inner")
         out["qty_mae"] = qty_mae(q)
         out["qty_wape"] = qty_wape(q)
+    return out
+
+
+def evaluate_splits(
+    long: pl.DataFrame, qty: pl.DataFrame | None, members: pl.DataFrame, splits: list[str] | None = None
+) -> list[dict[str, float | int | None]]:
+    """evaluate() for several splits at once: `members` is (episode_id, split), an episode may be in several.
+
+    Same definitions as evaluate() on the split's rows of `long`; one dict per split (with a "split" key),
+    in the order of `splits` (default: order of first appearance in members).
+    """
+    splits = splits or members["split"].unique(maintain_order=True).to_list()
+    per = per_episode_hits(long, (1, 3))
+    probs = has_probs(long)
+    if probs:
+        per = per.join(per_episode_nll(long), on="episode_id", how="left")
+    if qty is not None:
+        per = per.join(qty.select("episode_id", "qty_pred", "qty_actual"), on="episode_id", how="left")
+    pm = per.join(members, on="episode_id", how="inner")
+    aggs = [pl.len().alias("n_episodes"), pl.col("hit1").mean(), pl.col("hit3").mean()]
+    if probs:
+        aggs.append(pl.col("nll").mean())
+    if qty is not None:
+        ok = pl.col("qty_pred").is_not_null() & pl.col("qty_actual").is_not_null()
+        err = (pl.col("qty_pred").cast(pl.Float64) - pl.col("qty_actual").cast(pl.Float64)).abs().filter(ok)
+        act = pl.col("qty_actual").cast(pl.Float64).filter(ok).sum()
+        aggs += [err.mean().alias("qty_mae"), pl.when(act > 0).then(err.sum() / act).alias("qty_wape")]
+    by_split = {r["split"]: r for r in pm.group_by("split").agg(aggs).iter_rows(named=True)}
+    jsd: dict[str, float] = {}
+    if probs:
+        per_cat = per_category_jsd(long.join(members, on="episode_id", how="inner"), by=("split",))
+        w = pl.col("n_episodes").cast(pl.Float64)
+        for r in per_cat.group_by("split").agg(v=(pl.col("jsd") * w).sum() / w.sum()).iter_rows(named=True):
+            jsd[r["split"]] = r["v"]
+    out = []
+    for split in splits:
+        r = by_split.get(split, {})
+        out.append(
+            {
+                "split": split,
+                "n_episodes": int(r.get("n_episodes", 0)),
+                "hit1": r.get("hit1"),
+                "hit3": r.get("hit3"),
+                "nll": r.get("nll"),
+                "qty_mae": r.get("qty_mae"),
+                "qty_wape": r.get("qty_wape"),
+                "share_jsd": jsd.get(split),
+            }
+        )
     return out
 
 
