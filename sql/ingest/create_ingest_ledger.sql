@@ -1,0 +1,14 @@
+-- ingest_ledger: one row per ingested file, keyed by content hash; rows_in = loaded + quarantined + duplicate.
+create table if not exists ingest_ledger (
+    file_sha256 varchar primary key,
+    source_file varchar not null,
+    source varchar not null,
+    table_name varchar not null,
+    rows_in bigint not null,
+    rows_loaded bigint not null,
+    rows_quarantined bigint not null,
+    rows_duplicate bigint not null,
+    status varchar not null,
+    message varchar,
+    ingested_at timestamp not null
+)
