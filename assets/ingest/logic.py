@@ -71,8 +71,11 @@ __all__ = [
     "ingest_file",
     "ingest_source",
     "ingest_summary",
+    "landing_mappings",
     "load_mapping",
     "mapping_paths",
+    "run_metadata",
+    "table_sample",
 ]
 
 log_default = logging.getLogger("malles.ingest")
@@ -81,6 +84,7 @@ INGEST_TABLES = ("raw_transactions", "products", "customers", "quarantined_rows"
 TARGET_TABLE = {"transactions": "raw_transactions", "products": "products", "customers": "customers"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
+TRUTH_FOLDER = "truth"  # the synthetic market keeps its ground truth apart there; never ingested
 ID_COLUMNS = {"txn_id", "basket_id", "customer_id", "product_id"}
 TEMP_TABLES = ("_src", "_typed", "_collisions", "_csv_rejects", "_csv_reject_scans")
 
@@ -170,7 +174,8 @@ def mapping_paths(
     """(table, path) pairs in load order: products, customers, transactions; each group sorted by path.
 
     Without `paths`, the mapping's globs. With a list of paths, each file's table is told by matching its name
-    to the globs (a file matching none is left out with a warning); a dict {table: [paths]} says it directly.
+    to the globs (a file matching none, or lying in a `truth/` folder, is left out with a log line); a dict
+    {table: [paths]} says it directly.
     """
     log = log or log_default
     by_table: dict[str, set[Path]] = {t: set() for t in TABLES}
@@ -185,6 +190,9 @@ def mapping_paths(
     else:
         for p in paths:
             p = Path(p)
+            if TRUTH_FOLDER in p.parts[:-1]:
+                log.info(f"{p}: inside a {TRUTH_FOLDER}/ folder (ground truth, never ingested); left out")
+                continue
             t = mapping.table_of(p)
             if t is None:
                 log.warning(f"{p}: matches none of the file patterns of mapping {mapping.label}; left out")
@@ -545,7 +553,57 @@ def _typed_sql(mapping: Mapping, tm: TableMapping, staged: _Staged, available: l
     return _render(f"ingest/typed_{tm.table}", parts), params
 
 
-# --------------------------------------------------------------------------- summary and checks
+def landing_mappings(landing_dir: str | Path) -> list[Path]:
+    """Every mapping.yaml (or .yml) in the subfolders of a landing folder, sorted."""
+    root = Path(landing_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob("mapping.y*ml") if p.name in {"mapping.yaml", "mapping.yml"}]
+    return sorted(p for p in found if TRUTH_FOLDER not in p.relative_to(root).parts)
+
+
+# --------------------------------------------------------------------------- metadata, summary and checks
+
+
+def table_sample(conn, table: str, n: int = 5) -> tuple[pl.DataFrame, int]:
+    """The first rows of a warehouse table (for a preview and its schema) and its row count."""
+    return conn.sql(f"select * from {quote_ident(table)} limit {int(n)}").pl(), table_count(conn, table)
+
+
+def run_metadata(reports: list[FileReport], asset: str | None) -> dict[str, Any]:
+    """Plain metadata of one ingest run for one asset (None: every table): per-file counts as a markdown
+    table (key files_md), totals as ints, quarantined rows by reason as a markdown table (key
+    quarantined_by_reason_md) and as ints (quarantined/<reason>)."""
+    table = {v: k for k, v in TARGET_TABLE.items()}.get(asset) if asset else None
+    rs = [r for r in reports if table is None or r.table_name == table]
+    lines = [
+        "| file | table | status | rows in | loaded | quarantined | duplicates | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rs:
+        lines.append(
+            f"| {Path(r.source_file).name} | {r.table_name} | {r.status} | {r.rows_in} | {r.rows_loaded} | "
+            f"{r.rows_quarantined} | {r.rows_duplicate} | {r.seconds:.2f} |"
+        )
+    reasons: dict[str, int] = {}
+    for r in rs:
+        for k, v in r.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+    rmd = ["| reason | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(reasons.items())]
+    meta: dict[str, Any] = {
+        "files_md": "\n".join(lines),
+        "files": len(rs),
+        "files_loaded": sum(r.status == "loaded" for r in rs),
+        "files_skipped": sum(r.status == "skipped" for r in rs),
+        "files_rejected": sum(r.status == "rejected" for r in rs),
+        "rows_in": sum(r.rows_in for r in rs),
+        "rows_loaded": sum(r.rows_loaded for r in rs),
+        "rows_quarantined": sum(r.rows_quarantined for r in rs),
+        "rows_duplicate": sum(r.rows_duplicate for r in rs),
+        "quarantined_by_reason_md": "\n".join(rmd),
+    }
+    meta.update({f"quarantined/{k}": v for k, v in sorted(reasons.items())})
+    return meta
 
 
 def ingest_summary(conn) -> pl.DataFrame:

@@ -204,9 +204,10 @@ class Mapping:
                 continue
             for pattern in tm.files:
                 for pat in expand_braces(pattern):
-                    if rel is not None and rel.match(pat) and len(rel.parts) == len(Path(pat).parts):
-                        return table
-                    if path.match(Path(pat).name):
+                    if rel is not None:  # under base_dir: the glob must match the relative path itself
+                        if rel.match(pat) and len(rel.parts) == len(Path(pat).parts):
+                            return table
+                    elif path.match(Path(pat).name):
                         return table
         return None
 
@@ -459,7 +460,10 @@ def _parse_spec(where: str, v: Any, fail, is_ts: bool = False) -> ColumnSpec:
     if kind in {"column", "expr"} and (not isinstance(v[kind], str) or not v[kind].strip()):
         raise fail(f"{where}.{kind} must be non-empty text")
     if kind == "expr":
-        expression_columns(v["expr"])  # validates the expression
+        try:
+            expression_columns(v["expr"])  # validates the expression
+        except MappingError as e:
+            raise fail(f"{where}: {e}; write one DuckDB SQL expression over source columns") from e
     if v.get("optional") and kind != "column":
         raise fail(f"{where}: optional applies to a column, not to {kind}")
     if kind == "const" and v["const"] is not None and not isinstance(v["const"], str | int | float | bool):
