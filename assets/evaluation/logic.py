@@ -116,6 +116,15 @@ def plot_metrics(metrics: pl.DataFrame, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(splits))
+    n_by_split = (
+        {
+            r["split"]: r["n_episodes"]
+            for r in metrics.filter(pl.col("method") == methods[0]).iter_rows(named=True)
+        }
+        if methods
+        else {}
+    )
+    labels = [f"{s}\n(n={n_by_split.get(s, 0)})" for s in splits]
     for ax, metric, title in zip(
         axes, ["hit1", "hit3", "nll"], ["hit@1", "hit@3", "nll (lower is better)"], strict=True
     ):
@@ -126,14 +135,15 @@ def plot_metrics(metrics: pl.DataFrame, path: str | Path) -> Path:
                 v = r[metric][0] if r.height else None
                 vals.append(np.nan if v is None else v)
             ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=method)
-        ax.set_xticks(x, splits, rotation=20)
+        ax.set_xticks(x, labels, rotation=0, fontsize=8)
         ax.set_title(title)
         if metric != "nll":
             ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=max(len(methods), 1), fontsize=9, frameon=False)
     fig.suptitle("Reference baselines per split")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
