@@ -479,3 +479,22 @@ def test_config_defaults_match_settings():
     from assets.evaluation import BaselineReportConfig
 
     assert BaselineReportConfig().model_dump() == asdict(BaselineSettings())
+
+
+def test_run_baselines_without_fit_or_val_episodes_still_reports():
+    df = option_rows().with_columns(
+        basket_id=pl.col("episode_id"),
+        customer_id=pl.lit("c"),
+        period=pl.lit("test"),
+        in_test_sparse=pl.lit(False),
+        in_test_cold=pl.lit(False),
+        in_test_new=pl.lit(True),
+        use_for_fit=pl.lit(False),
+    )
+    run = run_baselines(df, BaselineSettings(), log=lambda s: None)
+    got = {(r["method"], r["split"]): r for r in run.metrics.iter_rows(named=True)}
+    assert run.clogit is None
+    assert set(run.metrics["method"]) == {"random", "popularity", "repeat", "qty_customer_mean", "qty_one"}
+    assert got[("repeat", "test_new")]["hit1"] == 1.0  # as in the hand-made example above
+    assert got[("popularity", "val")]["n_episodes"] == 0
+    assert metrics_problems(run.metrics) == []
