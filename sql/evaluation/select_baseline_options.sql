@@ -1,5 +1,6 @@
 -- The option frame of the baselines: every option of the fit (train, use_for_fit) and evaluation (val, test)
 -- episodes with its features, its episode's facts and split flags, and the seeded sample key of EVALUATION.md.
+-- Unordered: run_baselines sorts by episode_id, position itself.
 -- option_features is left-joined so that an option without a feature row is kept (its features read as 0).
 select
     o.episode_id,
@@ -38,4 +39,3 @@ join decision_episodes as e on e.episode_id = o.episode_id
 join episode_splits as s on s.episode_id = o.episode_id
 left join option_features as f on f.episode_id = o.episode_id and f.product_id = o.product_id
 where s.period in ('val', 'test') or (s.period = 'train' and s.use_for_fit)
-order by o.episode_id, o.position
