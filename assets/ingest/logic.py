@@ -18,10 +18,11 @@ How a file is ingested (all in SQL, set-based; sql/ingest/*.sql):
 3. File-level checks: a mapped column missing (reason missing_columns) or, in strict mode, an extra column
    (extra_columns) rejects the file: every row is quarantined with that reason, the ledger says 'rejected',
    and the report's message is a one-line error naming the columns, the file and the mapping.
-4. `_typed`: the canonical columns computed with TRY_CAST and a CASE yielding each row's first failing
-   check (reason codes in docs/tables.md). `_collisions`: rows whose key repeats in the file or is in the
-   warehouse already: identical content counts as a duplicate, different content is quarantined as
-   conflicting_<key>.
+4. The typed query (sql/ingest/typed_<table>.sql): the canonical columns computed with TRY_CAST and a CASE
+   yielding each row's first failing check (reason codes in docs/tables.md). `_checks` keeps only row
+   number, key hash and reason per row (cheap); `_cand` the full typed rows whose key hash repeats in the
+   file or occurs in the warehouse; `_collisions` compares those exactly: identical content counts as a
+   duplicate, different content is quarantined as conflicting_<key>.
 5. Good rows are inserted, bad rows go to `quarantined_rows` (raw row as JSON), customers seen in
    transactions are registered when the customer file is not exhaustive, and the ledger row is written with
    rows_in = rows_loaded + rows_quarantined + rows_duplicate. COMMIT; on any error ROLLBACK, so a failure
@@ -86,7 +87,7 @@ PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
 TRUTH_FOLDER = "truth"  # the synthetic market keeps its ground truth apart there; never ingested
 ID_COLUMNS = {"txn_id", "basket_id", "customer_id", "product_id"}
-TEMP_TABLES = ("_src", "_typed", "_collisions", "_csv_rejects", "_csv_reject_scans")
+TEMP_TABLES = ("_src", "_checks", "_cand", "_collisions", "_csv_rejects", "_csv_reject_scans")
 
 
 @dataclass
@@ -134,9 +135,13 @@ def _run(conn, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
 
 def _render(name: str, parts: dict[str, str]) -> str:
     """sql/<name>.sql with its {placeholders} replaced by SQL fragments (expressions, never values)."""
-    return _PLACEHOLDER.sub(
-        lambda m: parts[m.group(1)] if m.group(1) in parts else m.group(0), load_sql(name)
-    )
+
+    def sub(line: str) -> str:
+        if line.lstrip().startswith("--"):  # comments may name placeholders; they stay as written
+            return line
+        return _PLACEHOLDER.sub(lambda m: parts[m.group(1)] if m.group(1) in parts else m.group(0), line)
+
+    return "\n".join(sub(line) for line in load_sql(name).splitlines())
 
 
 def _scalar(conn, sql: str, params: dict[str, Any] | None = None) -> Any:
@@ -353,9 +358,11 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
     if problem is not None:
         _reject_whole_file(conn, staged, params, report, problem)
         return
+    typed, tparams = _typed_sql(mapping, tm, staged, available)
+    params = {**params, **tparams}
+    parts = {"typed": typed, "key": KEY_COLUMN[table], "target": TARGET_TABLE[table]}
     try:
-        sql, tparams = _typed_sql(mapping, tm, staged, available)
-        _run(conn, sql, {**params, **tparams})
+        _run(conn, _render("ingest/stage_checks", parts), params)
     except Exception as e:  # noqa: BLE001 - duckdb raises several error types for a bad expression
         import duckdb
 
@@ -366,11 +373,12 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
             f"{path.name}: the mapping's expressions fail on this file ({_first_line(e)}); "
             f"fix the {table} columns of mapping {mapping.label} (use try_cast on text columns)",
         ) from e
+    _run(conn, _render("ingest/stage_candidates", parts), params)
     _run(conn, load_sql(f"ingest/collisions_{table}"), params)
     if table == "customers":
         _run(conn, load_sql("ingest/delete_replaced_customers"), params)
-    loaded = _scalar(conn, load_sql(f"ingest/insert_{TARGET_TABLE[table]}"), params)
-    if table == "transactions" and not tm.exhaustive and not _customers_exhaustive(mapping):
+    loaded = _scalar(conn, _render(f"ingest/insert_{TARGET_TABLE[table]}", parts), params)
+    if table == "transactions" and not _customers_exhaustive(mapping):
         _run(conn, load_sql("ingest/register_unseen_customers"), params)
     conflict = f"conflicting_{KEY_COLUMN[table]}"
     qsql = _render(
@@ -378,7 +386,7 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
     )
     n_bad, n_conflict, n_dup = _run(
         conn,
-        "select (select count(_reason) from _typed), "
+        "select (select count(_reason) from _checks), "
         "(select count(*) filter (where _outcome = 'conflict') from _collisions), "
         "(select count(*) filter (where _outcome = 'duplicate') from _collisions)",
     )[0]

@@ -1,10 +1,10 @@
--- _collisions: good rows of _typed whose customer_id repeats in the file or is already in customers.
+-- _collisions: good rows (of the candidates in _cand) whose customer_id repeats in the file or is already in customers.
 -- A warehouse row that was only registered from transactions (a placeholder, its file is a transactions file
 -- in the ledger) is replaced by the customer file's row: 'replace'. Otherwise identical -> 'duplicate',
 -- different -> 'conflict' (quarantined as conflicting_customer_id); the file's first row of a new id is not listed.
 create or replace temp table _collisions as
 with valid as (
-    select * from _typed where _reason is null
+    select * from _cand where _reason is null
 ),
 repeated as (
     select customer_id, min(_row) as first_row from valid group by customer_id having count(*) > 1

@@ -1,9 +1,9 @@
--- _collisions: good rows of _typed whose product_id repeats in the file or is already in products:
+-- _collisions: good rows (of the candidates in _cand) whose product_id repeats in the file or is already in products:
 -- identical to the warehouse row (else to the file's first row) -> 'duplicate', different -> 'conflict'
 -- (quarantined as conflicting_product_id). The file's first row of a new product_id is not listed.
 create or replace temp table _collisions as
 with valid as (
-    select * from _typed where _reason is null
+    select * from _cand where _reason is null
 ),
 repeated as (
     select product_id, min(_row) as first_row from valid group by product_id having count(*) > 1

@@ -1,17 +1,13 @@
--- _collisions: good rows of _typed whose txn_id repeats in the file or is already in raw_transactions.
+-- _collisions: good rows (of the candidates in _cand) whose txn_id repeats in the file or is already in raw_transactions.
 -- Each is compared with the warehouse row (if any), else with the file's first row of that txn_id:
 -- identical -> 'duplicate' (counted, not loaded), different -> 'conflict' (quarantined as
 -- conflicting_txn_id). The file's first row of a new txn_id is not listed (it loads).
 create or replace temp table _collisions as
 with valid as (
-    select * from _typed where _reason is null
+    select * from _cand where _reason is null
 ),
-repeated as (  -- a cheap pass over 64-bit hashes first, the exact text only for the few candidates
-    select txn_id, min(_row) as first_row
-    from valid
-    where hash(txn_id) in (select h from (select hash(txn_id) as h from valid) group by h having count(*) > 1)
-    group by txn_id
-    having count(*) > 1
+repeated as (
+    select txn_id, min(_row) as first_row from valid group by txn_id having count(*) > 1
 ),
 cand as materialized (
     select

@@ -1,6 +1,7 @@
--- Append the good, new rows of _typed to customers (rows replacing a placeholder included).
+-- Append the good, new rows to customers (rows replacing a placeholder included).
+-- A template: {typed} is the typed_customers query.
 insert into customers
 select t.customer_id, t.segment, t.attributes, $source, $file_sha256
-from _typed as t
+from ({typed}) as t
 left join _collisions as c on c._row = t._row
 where t._reason is null and (c._row is null or c._outcome = 'replace')

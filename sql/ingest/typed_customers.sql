@@ -1,6 +1,5 @@
--- _typed: the canonical customer columns of one source file, typed, with the first failing check per row.
--- A template: {source} is the staged file and each {column} the mapping's SQL for it; values are $params.
-create or replace temp table _typed as
+-- The canonical customer columns of one source file, typed, with the first failing check per row.
+-- A template used as a subquery ({typed} in other statements): {source} is the staged file and each {column} the mapping's SQL for it; values are $params.
 with raw as (
     select
         _row,

@@ -1,7 +1,6 @@
--- _typed: the canonical product columns of one source file, typed, with the first failing check per row.
--- A template: {source} is the staged file and each {column} the mapping's SQL for it; values are $params.
+-- The canonical product columns of one source file, typed, with the first failing check per row.
+-- A template used as a subquery ({typed} in other statements): {source} is the staged file and each {column} the mapping's SQL for it; values are $params.
 -- is_merchandise is false for the values the mapping's `exclude` lists ($exclude_<column> lists).
-create or replace temp table _typed as
 with raw as (
     select
         _row,

@@ -1,8 +1,7 @@
--- _typed: the canonical transaction columns of one source file, typed, with the first failing check of each
--- row (_reason, _detail; NULL when the row is good). A template: {source} is the staged file, and each
+-- The canonical transaction columns of one source file, typed, with the first failing check of each
+-- row (_reason, _detail; NULL when the row is good). A template used as a subquery ({typed} in other statements): {source} is the staged file, and each
 -- {column} the mapping's SQL for that canonical column (rendered by assets/ingest/mapping.py; id columns come
 -- as text with blanks made NULL); values are $params.
-create or replace temp table _typed as
 with raw as (
     select
         _row,
