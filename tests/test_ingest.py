@@ -225,6 +225,14 @@ def test_mixed_file_counts_add_up(tmp_path, conn):
     assert '"product_id":"p404"' in raw
     passed, meta = logic.check_ingest_counts_add_up(conn)
     assert passed, meta
+    summary = logic.ingest_summary(conn).filter(pl.col("table_name") == "transactions").row(0, named=True)
+    assert (summary["source"], summary["rows_in"], summary["rows_loaded"], summary["rows_duplicate"]) == (
+        "tiny",
+        9,
+        4,
+        1,
+    )
+    assert '"bad_timestamp":1' in summary["quarantined_by_reason"]
 
 
 def test_empty_and_header_only_files_are_recorded_not_crashing(tmp_path, conn, caplog):
