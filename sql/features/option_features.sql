@@ -1,0 +1,75 @@
+-- Builds option_features: one row per episode_options row, from history strictly before the episode's
+-- day d only (EVALUATION.md): popularity, the customer's past purchases, prices and reference prices.
+-- Window sums come from running totals through ASOF joins (sum over [a, b] = cum(<= b) - cum(<= a - 1)).
+create or replace table option_features as
+with product_days as (
+    select distinct pidx, day, day_before from feature_options
+),
+product_history as (
+    select
+        d.pidx,
+        d.day,
+        coalesce(hi.cum_n, 0) as pop_total,
+        coalesce(hi.cum_n, 0) - coalesce(lo.cum_n, 0) as pop_28d,
+        coalesce(hi.cum_units, 0) - coalesce(lo.cum_units, 0) as units_28d,
+        coalesce(hi.cum_price, 0) - coalesce(lo.cum_price, 0) as sum_price_28d
+    from product_days as d
+    asof left join product_history_days as hi
+        on hi.pidx = d.pidx and d.day_before >= hi.day
+    asof left join product_history_days as lo
+        on lo.pidx = d.pidx and d.day - ($history_days::integer + 1) >= lo.day
+),
+brand_days as (
+    select distinct eidx, cidx, catidx, bidx, day_before from feature_options where bidx is not null
+),
+brand_history as (
+    select d.eidx, d.bidx, h.cum_n as cust_brand_purchases
+    from brand_days as d
+    asof join customer_brand_days as h
+        on h.cidx = d.cidx and h.catidx = d.catidx and h.bidx = d.bidx and d.day_before >= h.day
+),
+joined as (
+    select
+        o.episode_id,
+        o.product_id,
+        o.price,
+        o.list_price,
+        ph.pop_28d,
+        ph.pop_total,
+        coalesce(cp.cum_n, 0) as cust_product_purchases,
+        coalesce(bh.cust_brand_purchases, 0) as cust_brand_purchases,
+        e.cust_category_purchases,
+        o.day - cp.day as days_since,
+        e.mean_price,
+        coalesce(
+            cast(cp.cum_price as double) / cp.cum_n,
+            case when ph.pop_28d > 0 then cast(ph.sum_price_28d as double) / ph.pop_28d end,
+            o.price
+        ) as ref_price,
+        e.cust_mean_qty,
+        case when ph.pop_28d > 0 then ph.units_28d / ph.pop_28d end as prod_mean_qty_28d
+    from feature_options as o
+    asof left join customer_product_days as cp
+        on cp.cidx = o.cidx and cp.pidx = o.pidx and o.day_before >= cp.day
+    join feature_episodes as e on e.eidx = o.eidx
+    join product_history as ph on ph.pidx = o.pidx and ph.day = o.day
+    left join brand_history as bh on bh.eidx = o.eidx and bh.bidx = o.bidx
+)
+select
+    episode_id,
+    product_id,
+    pop_28d::bigint as pop_28d,
+    pop_total::bigint as pop_total,
+    pop_total = 0 as is_new,
+    cust_product_purchases::bigint as cust_product_purchases,
+    cust_brand_purchases::bigint as cust_brand_purchases,
+    cust_category_purchases::bigint as cust_category_purchases,
+    days_since::double as days_since_cust_purchase,
+    case when list_price > 0 then 1 - price / list_price else 0 end as discount_depth,
+    ln(price + 0.01) as log_price,
+    case when mean_price > 0 then price / mean_price else 1 end as rel_price,
+    ref_price,
+    case when ref_price > 0 then (price - ref_price) / ref_price else 0 end as ref_price_gap,
+    cust_mean_qty::double as cust_mean_qty,
+    prod_mean_qty_28d::double as prod_mean_qty_28d
+from joined
