@@ -3,6 +3,7 @@ choices that follow the documented logit, and the wholesale rule reproduced from
 
 import json
 import math
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -121,8 +122,8 @@ def test_dense_and_sparse_categories(market):
     out, summary, _ = market
     tx = pl.read_parquet(out / "transactions.parquet").filter(pl.col("channel") == "retail")
     prods = pl.read_parquet(out / "products.parquet").select("product_id", "category")
-    end = tx["ts"].max().date() + __import__("datetime").timedelta(days=1)
-    train_end = end - __import__("datetime").timedelta(days=84)
+    end = tx["ts"].max().date() + timedelta(days=1)
+    train_end = end - timedelta(days=84)
     eps = (
         tx.with_columns(pl.col("ts").min().over("basket_id").dt.date().alias("day"))
         .join(prods, on="product_id")

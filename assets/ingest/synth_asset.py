@@ -33,10 +33,10 @@ class SyntheticMarketConfig(dg.Config):
     sparse_propensity_min: float = 0.0015  # same for sparse categories (min)
     sparse_propensity_max: float = 0.005  # ... (max)
     propensity_shape: float = 2.0  # gamma shape of the customer x category propensity multiplier
-    products_dense_min: int = 16  # shelf size of a dense category (min)
-    products_dense_max: int = 26  # ... (max)
-    products_medium_min: int = 10  # shelf size of a medium category (min)
-    products_medium_max: int = 16  # ... (max)
+    products_dense_min: int = 10  # shelf size of a dense category (min)
+    products_dense_max: int = 16  # ... (max)
+    products_medium_min: int = 8  # shelf size of a medium category (min)
+    products_medium_max: int = 12  # ... (max)
     products_sparse_min: int = 5  # shelf size of a sparse category (min)
     products_sparse_max: int = 10  # ... (max)
     quality_sd: float = 1.0  # sd of latent product quality
