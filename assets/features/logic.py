@@ -195,7 +195,9 @@ def split_summary(conn) -> dict[str, dict[str, int]]:
 
 def check_episode_ids_unique(conn) -> tuple[bool, dict[str, Any]]:
     """episode_id is unique in decision_episodes, and (episode_id, product_id) in episode_options."""
-    n, distinct = conn.execute("select count(*), count(distinct episode_id) from decision_episodes").fetchall()[0]
+    n, distinct = conn.execute(
+        "select count(*), count(distinct episode_id) from decision_episodes"
+    ).fetchall()[0]
     dup_options = scalar(
         conn,
         "select count(*) from (select episode_id, product_id from episode_options group by all having count(*) > 1)",
@@ -238,7 +240,10 @@ def check_option_prices_non_negative(conn) -> tuple[bool, dict[str, Any]]:
         from episode_options
         """
     ).fetchall()[0]
-    return bad == 0, {"bad_prices": int(bad), "min_price": float(min_price) if min_price is not None else None}
+    return bad == 0, {
+        "bad_prices": int(bad),
+        "min_price": float(min_price) if min_price is not None else None,
+    }
 
 
 def check_splits_disjoint(conn) -> tuple[bool, dict[str, Any]]:
@@ -290,3 +295,29 @@ def check_choice_set_sizes_in_range(conn, n_options: int = 10) -> tuple[bool, di
         "max_set_size": int(max_size) if max_size is not None else 0,
     }
     return bad_size + bad_count + bad_pos == 0, meta
+
+
+def build_customer_style_params(conn, seed: int = 0, population_sample_episodes: int = 200_000, log=None):
+    """customer_style_params (style.py); returns (timings, StyleFit)."""
+    import polars as pl
+
+    from assets.features.style import estimate_style
+
+    timings = {}
+    start = time.perf_counter()
+    rows = conn.sql(load_sql("features/select_style_options")).pl()
+    baskets = conn.sql(load_sql("features/select_style_baskets")).pl()
+    customers = conn.sql("select customer_id, segment from customers").pl()
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    frame, fit = estimate_style(
+        rows, customers, baskets, seed=seed, population_sample_episodes=population_sample_episodes, log=log
+    )
+    timings["estimate"] = time.perf_counter() - start
+    conn.register("style_frame", frame.to_arrow())
+    try:
+        timings["write"] = run_sql(conn, "customer_style_params")
+    finally:
+        conn.unregister("style_frame")
+    del pl
+    return timings, fit
