@@ -325,3 +325,28 @@ def test_synthetic_market_asset(tmp_path, data_dir):
     assert md["n_customers"].value == 30
     assert md["transactions_size_bytes"].value == (landing / "transactions.parquet").stat().st_size
     assert (landing / "truth" / "choice_truth.parquet").exists()
+
+
+def test_canonical_mapping_ingests_every_row(tmp_path):
+    """The files load through the built-in `canonical` mapping with nothing quarantined or lost."""
+    import duckdb
+
+    from assets.ingest.logic import ingest_source
+    from assets.ingest.mapping import builtin_mapping_path
+
+    out = tmp_path / "landing" / "synthetic"
+    generate_market(out, SMALL)
+    (out / "mapping.yaml").write_text(builtin_mapping_path("canonical").read_text(encoding="utf-8"))
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as conn:
+        reports = ingest_source(conn, str(out / "mapping.yaml"), progress=False)
+        assert {r.status for r in reports} == {"loaded"}
+        assert sum(r.rows_quarantined for r in reports) == 0
+        for table, name in (
+            ("raw_transactions", "transactions"),
+            ("products", "products"),
+            ("customers", "customers"),
+        ):
+            n = conn.execute(f"select count(*) from {table}").fetchone()[0]
+            assert n == pl.read_parquet(out / f"{name}.parquet").height, table
+        attrs = conn.execute("select attributes from products limit 1").fetchone()[0]
+        assert "quality_tier" in attrs and "size" in attrs
