@@ -87,7 +87,7 @@ PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
 TRUTH_FOLDER = "truth"  # the synthetic market keeps its ground truth apart there; never ingested
 ID_COLUMNS = {"txn_id", "basket_id", "customer_id", "product_id"}
-TEMP_TABLES = ("_src", "_checks", "_cand", "_collisions", "_csv_rejects", "_csv_reject_scans")
+TEMP_TABLES = ("_src", "_typed", "_cand", "_collisions", "_csv_rejects", "_csv_reject_scans")
 
 
 @dataclass
@@ -362,7 +362,7 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
     params = {**params, **tparams}
     parts = {"typed": typed, "key": KEY_COLUMN[table], "target": TARGET_TABLE[table]}
     try:
-        _run(conn, _render("ingest/stage_checks", parts), params)
+        _run(conn, _render("ingest/stage_typed", parts), params)
     except Exception as e:  # noqa: BLE001 - duckdb raises several error types for a bad expression
         import duckdb
 
@@ -386,7 +386,7 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
     )
     n_bad, n_conflict, n_dup = _run(
         conn,
-        "select (select count(_reason) from _checks), "
+        "select (select count(_reason) from _typed), "
         "(select count(*) filter (where _outcome = 'conflict') from _collisions), "
         "(select count(*) filter (where _outcome = 'duplicate') from _collisions)",
     )[0]
@@ -473,8 +473,10 @@ def _stage(conn, mapping: Mapping, path: Path, report: FileReport, log) -> _Stag
     try:
         if suffix in PARQUET_SUFFIXES:
             desc = _run(conn, "describe select * from read_parquet($path)", {"path": str(path)})
-            src = "(select * exclude (file_row_number), file_row_number + 1 as _row from read_parquet($path, file_row_number = true))"
-            return _Staged(src, [r[0] for r in desc], {"path": str(path)}, types={r[0]: r[1] for r in desc})
+            # one scan of the file into a temp table: later steps read it in parallel (a Parquet file with a
+            # single row group is read by one thread only)
+            _run(conn, load_sql("ingest/stage_parquet"), {"path": str(path)})
+            return _Staged("_src", [r[0] for r in desc], {}, types={r[0]: r[1] for r in desc})
         if suffix in CSV_SUFFIXES:
             return _stage_csv(conn, mapping, path, report, log)
     except duckdb.Error as e:

@@ -1,9 +1,9 @@
--- Quarantine the rows that failed a check (_checks) and the conflicts (_collisions), with the raw row as JSON.
+-- Quarantine the rows that failed a check (_typed) and the conflicts (_collisions), with the raw row as JSON.
 -- A template: {source} is the staged file and {raw_row} the JSON of its source columns.
 insert into quarantined_rows
 select $source_file, $file_sha256, $table_name, q._row, {raw_row}, q.reason, q.detail, now()
 from (
-    select _row, _reason as reason, _detail as detail from _checks where _reason is not null
+    select _row, _reason as reason, _detail as detail from _typed where _reason is not null
     union all
     select _row, $conflict_reason, _detail from _collisions where _outcome = 'conflict'
 ) as q
