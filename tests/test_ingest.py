@@ -101,6 +101,27 @@ def test_clean_canonical_csv_loads_every_table(tmp_path, conn):
     assert q(conn, "select count(*) from quarantined_rows")[0][0] == 0
 
 
+def test_ids_are_trimmed_and_blank_ids_are_missing(tmp_path, conn):
+    lines = [
+        TX_HEADER,
+        "  t1 ,b1 ,2024-01-01 10:00:00, c1,p1  ,2,1.50,2.00,retail",  # spaces around ids are dropped
+        "t 2,b1,2024-01-01 10:00:00,c1,p2,1,3.00,3.00,retail",  # an inner space is kept
+        "t3,   ,2024-01-02 11:30:00,c2,p1,3,1.25,2.00,wholesale",  # spaces only: missing
+        "t4, b4,2024-01-02 11:30:00,c2,p1,3,1.25,2.00,wholesale",
+    ]
+    mapping = canonical_source(tmp_path / "tiny", lines)
+    r = tx_report(logic.ingest_source(conn, str(mapping), progress=False))
+    assert (r.rows_loaded, r.rows_quarantined) == (3, 1)
+    assert q(
+        conn, "select txn_id, basket_id, customer_id, product_id from raw_transactions order by txn_id"
+    ) == [
+        ("t 2", "b1", "c1", "p2"),
+        ("t1", "b1", "c1", "p1"),
+        ("t4", "b4", "c2", "p1"),
+    ]
+    assert quarantined(conn) == [(3, "missing_value")]
+
+
 # --------------------------------------------------------------------------- one test per bad-row class
 
 BAD_ROWS = [
