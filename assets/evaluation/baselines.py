@@ -116,13 +116,6 @@ class BaselineRun:
 # --- the option frame ----------------------------------------------------------------------------------
 
 
-def add_model_features(df: pl.DataFrame, extra: bool = False) -> pl.DataFrame:
-    feats = dict(MODEL_FEATURES)
-    if extra:
-        feats.update(LGBM_EXTRA_FEATURES)
-    return df.with_columns([expr.alias(name) for name, expr in feats.items()])
-
-
 def feature_names(extra: bool = False) -> list[str]:
     return list(MODEL_FEATURES) + (list(LGBM_EXTRA_FEATURES) if extra else [])
 
@@ -209,19 +202,34 @@ def score_repeat(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(score=cp + tie, prob=pl.lit(None, dtype=pl.Float64))
 
 
-def _matrix(df: pl.DataFrame, names: list[str]) -> np.ndarray:
-    X = df.select(names).to_numpy().astype(np.float64, copy=False)
-    return np.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+def feature_matrix(df: pl.DataFrame, extra: bool = False) -> np.ndarray:
+    """(n_rows, k) float64 matrix of the model features (NaN and inf read as 0), built column by column."""
+    feats = dict(MODEL_FEATURES)
+    if extra:
+        feats.update(LGBM_EXTRA_FEATURES)
+    X = np.empty((df.height, len(feats)), dtype=np.float64, order="F")
+    for j, (name, expr) in enumerate(feats.items()):
+        X[:, j] = df.select(expr.cast(pl.Float64).alias(name)).to_series().to_numpy()
+    np.nan_to_num(X, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return X
 
 
 def _fit_frame(df: pl.DataFrame, max_episodes: int, seed: int) -> pl.DataFrame:
     """Episodes with at least 2 options and one actual option; a seeded md5 subsample if too many."""
-    ok = df.group_by("episode_id").agg(n=pl.len(), a=pl.col("is_chosen").sum())
-    ok = ok.filter((pl.col("n") >= 2) & (pl.col("a") == 1)).select("episode_id")
-    if max_episodes and ok.height > max_episodes:
-        key = (pl.lit(f"{seed}|") + pl.col("episode_id")).map_batches(_md5_series, return_dtype=pl.Utf8)
-        ok = ok.with_columns(k=key).sort("k").head(max_episodes).select("episode_id")
-    return _sorted(df.join(ok, on="episode_id", how="semi"))
+    # rows keep their order (episodes stay contiguous); no copy when every episode qualifies
+    valid = (pl.len().over("episode_id") >= 2) & (
+        pl.col("is_chosen").cast(pl.Int64).sum().over("episode_id") == 1
+    )
+    mask = df.select(valid.alias("m")).to_series()
+    if not bool(mask.all()):
+        df = df.filter(mask)
+    if max_episodes:
+        ids = df.select(pl.col("episode_id").unique())
+        if ids.height > max_episodes:
+            key = (pl.lit(f"{seed}|") + pl.col("episode_id")).map_batches(_md5_series, return_dtype=pl.Utf8)
+            ids = ids.with_columns(k=key).sort("k").head(max_episodes)
+            df = df.filter(pl.col("episode_id").is_in(ids["episode_id"].implode()))
+    return df
 
 
 def _md5_series(s: pl.Series) -> pl.Series:
@@ -232,16 +240,16 @@ def _md5_series(s: pl.Series) -> pl.Series:
 
 def fit_clogit_baseline(train: pl.DataFrame, settings: BaselineSettings) -> ClogitResult:
     """The conditional logit on MODEL_FEATURES over the fit episodes (train, use_for_fit)."""
-    fit = add_model_features(_fit_frame(train, settings.clogit_max_train_episodes, settings.seed))
-    names = feature_names()
+    fit = _fit_frame(train, settings.clogit_max_train_episodes, settings.seed)
     offsets, chosen, _ = episode_layout(fit)
-    return fit_clogit(_matrix(fit, names), offsets, chosen, feature_names=names)
+    X = feature_matrix(fit)
+    del fit
+    return fit_clogit(X, offsets, chosen, feature_names=feature_names())
 
 
 def score_clogit(df: pl.DataFrame, result: ClogitResult) -> pl.DataFrame:
-    df = _sorted(df)
-    X = _matrix(add_model_features(df), result.feature_names)
-    u = X @ result.coef
+    """Utilities and softmax probabilities; `df`'s episodes must be contiguous (sorted by episode_id)."""
+    u = feature_matrix(df) @ result.coef
     offsets, _, _ = episode_layout(df)
     return df.with_columns(score=pl.Series(u), prob=pl.Series(group_softmax(u, offsets)))
 
@@ -264,8 +272,8 @@ def fit_lgbm_ranker(
 
     t0 = time.perf_counter()
     names = feature_names(extra=True)
-    tr = add_model_features(_fit_frame(train, settings.max_train_episodes, settings.seed), extra=True)
-    va = add_model_features(_fit_frame(val, settings.max_val_episodes, settings.seed), extra=True)
+    tr = _fit_frame(train, settings.max_train_episodes, settings.seed)
+    va = _fit_frame(val, settings.max_val_episodes, settings.seed)
     tr_off, _, _ = episode_layout(tr)
     params = {
         "objective": "lambdarank",
@@ -282,7 +290,7 @@ def fit_lgbm_ranker(
         "verbosity": -1,
     }
     dtrain = lgb.Dataset(
-        _matrix(tr, names),
+        feature_matrix(tr, extra=True),
         label=tr["is_chosen"].cast(pl.Int32).to_numpy(),
         group=np.diff(tr_off),
         feature_name=names,
@@ -293,7 +301,7 @@ def fit_lgbm_ranker(
     if va.height:
         va_off, _, _ = episode_layout(va)
         dval = lgb.Dataset(
-            _matrix(va, names),
+            feature_matrix(va, extra=True),
             label=va["is_chosen"].cast(pl.Int32).to_numpy(),
             group=np.diff(va_off),
             reference=dtrain,
@@ -315,18 +323,15 @@ def fit_lgbm_ranker(
     best = booster.best_iteration or booster.current_iteration()
     inv_t = 1.0
     if va.height:
-        s = booster.predict(_matrix(va, names), num_iteration=best)
+        s = booster.predict(feature_matrix(va, extra=True), num_iteration=best)
         va_off, va_ch, _ = episode_layout(va)
         inv_t = float(fit_clogit(s[:, None], va_off, va_ch).coef[0])
     return LgbmModel(booster, inv_t, int(best), time.perf_counter() - t0, int(tr["episode_id"].n_unique()))
 
 
 def score_lgbm(df: pl.DataFrame, model: LgbmModel) -> pl.DataFrame:
-    df = _sorted(df)
-    names = feature_names(extra=True)
-    s = model.booster.predict(
-        _matrix(add_model_features(df, extra=True), names), num_iteration=model.best_iteration
-    )
+    """Ranker scores and tempered softmax probabilities; `df`'s episodes must be contiguous."""
+    s = model.booster.predict(feature_matrix(df, extra=True), num_iteration=model.best_iteration)
     offsets, _, _ = episode_layout(df)
     return df.with_columns(
         score=pl.Series(s), prob=pl.Series(group_softmax(model.inv_temperature * s, offsets))
@@ -338,12 +343,17 @@ def score_lgbm(df: pl.DataFrame, model: LgbmModel) -> pl.DataFrame:
 
 def top_options(scored: pl.DataFrame) -> pl.DataFrame:
     """episode_id and the columns of its top-scored option (ties: the smaller product_id)."""
+    cols = [c for c in ("episode_id", "product_id", "score", *QTY_INPUTS) if c in scored.columns]
     return (
-        scored.with_columns(pl.col("score").cast(pl.Float64).fill_nan(None).fill_null(-math.inf))
+        scored.select(cols)
+        .with_columns(pl.col("score").cast(pl.Float64).fill_nan(None).fill_null(-math.inf))
         .sort(["episode_id", "score", "product_id"], descending=[False, True, False])
         .group_by("episode_id", maintain_order=True)
         .first()
     )
+
+
+QTY_INPUTS = ("cust_mean_qty", "prod_mean_qty_28d", "quantity")
 
 
 def qty_customer_mean(scored: pl.DataFrame) -> pl.DataFrame:
@@ -403,62 +413,73 @@ METRICS_SCHEMA = {
 }
 
 
-def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, log=print) -> BaselineRun:
-    """Fit and score every baseline; metrics per method and split.
+@dataclass
+class FittedBaselines:
+    """The fitted models of the baselines that learn (None where there was nothing to fit on)."""
 
-    `opts`: the option frame (see the module docstring; loaded by sql/evaluation/select_baseline_options.sql).
-    Fitting uses train rows with use_for_fit; scoring and metrics use val and test episodes only.
-    """
-    settings = settings or BaselineSettings()
-    info: dict[str, Any] = {}
+    clogit: ClogitResult | None = None
+    lgbm: LgbmModel | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_baseline_models(
+    fit: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings, log=print
+) -> FittedBaselines:
+    """Fit the conditional logit and the ranker on `fit` (train rows with use_for_fit, episodes contiguous);
+    `val` (val rows) serves the ranker's early stopping and temperature."""
+    out = FittedBaselines()
+    out.info["n_fit_episodes"] = int(fit["episode_id"].n_unique()) if fit.height else 0
+    if fit.height == 0:
+        log("baselines: no fit episodes: clogit and lgbm are left out")
+        return out
+    t = time.perf_counter()
+    out.clogit = fit_clogit_baseline(fit, settings)
+    out.info["seconds_clogit_fit"] = time.perf_counter() - t
+    out.info.update(clogit_converged=out.clogit.converged, clogit_n_fit_episodes=out.clogit.n_groups)
+    log(
+        f"clogit: {out.clogit.n_groups} episodes, loglik {out.clogit.loglik:.1f} (null {out.clogit.loglik_null:.1f}), "
+        f"converged {out.clogit.converged}, {out.info['seconds_clogit_fit']:.1f} s"
+    )
+    out.lgbm = fit_lgbm_ranker(fit, val, settings, log=log)
+    out.info.update(
+        lgbm_best_iteration=out.lgbm.best_iteration,
+        lgbm_inv_temperature=out.lgbm.inv_temperature,
+        lgbm_n_train_episodes=out.lgbm.n_train_episodes,
+        seconds_lgbm_fit=out.lgbm.fit_seconds,
+    )
+    log(
+        f"lgbm: {out.lgbm.n_train_episodes} episodes, {out.lgbm.best_iteration} trees, "
+        f"1/T {out.lgbm.inv_temperature:.3f}, {out.lgbm.fit_seconds:.1f} s"
+    )
+    return out
+
+
+def score_baselines(
+    evalf: pl.DataFrame, models: FittedBaselines, settings: BaselineSettings, log=print
+) -> BaselineRun:
+    """Score every method on the val/test option frame `evalf` and compute the metrics per split."""
     t_all = time.perf_counter()
-    opts = _sorted(ensure_sample_key(opts, settings.seed))
-    train = opts.filter((pl.col("period") == "train") & pl.col("use_for_fit").fill_null(False))
-    evalf = opts.filter(pl.col("period").is_in(["val", "test"]))
-    val = evalf.filter(pl.col("period") == "val")
+    evalf = _sorted(ensure_sample_key(evalf, settings.seed))
+    info: dict[str, Any] = dict(models.info)
     episodes = evalf.group_by("episode_id").agg(
         pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key").first()
     )
     members = split_membership(episodes, settings.sample_per_split)
-    info["n_fit_episodes"] = int(train["episode_id"].n_unique())
     info["n_eval_episodes"] = int(episodes.height)
     info["n_eval_rows"] = int(evalf.height)
-    log(f"baselines: {info['n_fit_episodes']} fit episodes, {info['n_eval_episodes']} val/test episodes")
-
-    scored: dict[str, pl.DataFrame] = {}
+    log(f"baselines: scoring {info['n_eval_episodes']} val/test episodes ({info['n_eval_rows']} options)")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    scored["random"] = score_random(evalf)
-    scored["popularity"] = score_popularity(evalf)
-    scored["repeat"] = score_repeat(evalf)
-    timings["simple"] = time.perf_counter() - t
-
-    clogit_res: ClogitResult | None = None
-    t = time.perf_counter()
-    if train.height:
-        clogit_res = fit_clogit_baseline(train, settings)
-        scored["clogit"] = score_clogit(evalf, clogit_res)
-        info["clogit_converged"] = clogit_res.converged
-        info["clogit_n_fit_episodes"] = clogit_res.n_groups
-        log(
-            f"clogit: {clogit_res.n_groups} episodes, loglik {clogit_res.loglik:.1f}, converged {clogit_res.converged}"
-        )
-    timings["clogit"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if train.height:
-        model = fit_lgbm_ranker(train, val, settings, log=log)
-        scored["lgbm"] = score_lgbm(evalf, model)
-        info.update(
-            lgbm_best_iteration=model.best_iteration,
-            lgbm_inv_temperature=model.inv_temperature,
-            lgbm_n_train_episodes=model.n_train_episodes,
-            lgbm_fit_seconds=model.fit_seconds,
-        )
-        log(
-            f"lgbm: {model.n_train_episodes} episodes, {model.best_iteration} trees, 1/T {model.inv_temperature:.3f}"
-        )
-    timings["lgbm"] = time.perf_counter() - t
+    scored: dict[str, pl.DataFrame] = {
+        "random": score_random(evalf),
+        "popularity": score_popularity(evalf),
+        "repeat": score_repeat(evalf),
+    }
+    if models.clogit is not None:
+        scored["clogit"] = score_clogit(evalf, models.clogit)
+    if models.lgbm is not None:
+        scored["lgbm"] = score_lgbm(evalf, models.lgbm)
+    timings["score"] = time.perf_counter() - t
 
     t = time.perf_counter()
     rows: list[dict] = []
@@ -468,7 +489,6 @@ def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, 
     rows += _metrics_rows("qty_one", None, qty_one(evalf), members)
     timings["metrics"] = time.perf_counter() - t
     metrics = pl.DataFrame(rows, schema=METRICS_SCHEMA)
-
     predictions = pl.concat(
         [
             f.select(
@@ -481,6 +501,23 @@ def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, 
             for m, f in scored.items()
         ]
     )
-    timings["total"] = time.perf_counter() - t_all
+    timings["score_and_metrics"] = time.perf_counter() - t_all
     info["timings"] = timings
-    return BaselineRun(predictions=predictions, metrics=metrics, clogit=clogit_res, info=info)
+    return BaselineRun(predictions=predictions, metrics=metrics, clogit=models.clogit, info=info)
+
+
+def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, log=print) -> BaselineRun:
+    """Fit and score every baseline on one option frame holding fit and val/test rows (tests, small data).
+
+    Fitting uses train rows with use_for_fit; scoring and metrics use val and test episodes only. The
+    warehouse path (logic.build_baseline_report) loads the two parts separately to save memory.
+    """
+    settings = settings or BaselineSettings()
+    t = time.perf_counter()
+    opts = _sorted(opts)
+    fit = opts.filter((pl.col("period") == "train") & pl.col("use_for_fit").fill_null(False))
+    evalf = opts.filter(pl.col("period").is_in(["val", "test"]))
+    models = fit_baseline_models(fit, evalf.filter(pl.col("period") == "val"), settings, log=log)
+    run = score_baselines(evalf, models, settings, log=log)
+    run.info["timings"]["total"] = time.perf_counter() - t
+    return run

@@ -18,16 +18,22 @@ from assets.evaluation.baselines import (
     SPLITS,
     BaselineRun,
     BaselineSettings,
-    run_baselines,
+    fit_baseline_models,
+    score_baselines,
 )
 from resources.sql import load_sql
 
 METRIC_NAMES = ["hit1", "hit3", "nll", "qty_mae", "qty_wape", "share_jsd"]
 
 
-def load_option_frame(conn, seed: int) -> pl.DataFrame:
-    """The option frame of the baselines (sql/evaluation/select_baseline_options.sql)."""
-    return conn.sql(load_sql("evaluation/select_baseline_options"), params={"seed": seed}).pl()
+def load_fit_frame(conn) -> pl.DataFrame:
+    """Options of the fit episodes (train, use_for_fit), model columns only (select_fit_options.sql)."""
+    return conn.sql(load_sql("evaluation/select_fit_options")).pl()
+
+
+def load_eval_frame(conn, seed: int) -> pl.DataFrame:
+    """Options of the val and test episodes with everything the metrics need (select_eval_options.sql)."""
+    return conn.sql(load_sql("evaluation/select_eval_options"), params={"seed": seed}).pl()
 
 
 def write_tables(conn, run: BaselineRun) -> None:
@@ -182,12 +188,31 @@ def log_to_mlflow(run: BaselineRun, settings: BaselineSettings, out_dir: str | P
         mlflow.log_artifact(str(p))
 
 
-def build_baseline_report(conn, settings: BaselineSettings, log=print) -> BaselineRun:
-    """Load the option frame, run every baseline and write baseline_predictions / baseline_metrics."""
-    opts = load_option_frame(conn, settings.seed)
-    log(f"option frame: {opts.height} rows")
-    run = run_baselines(opts, settings, log=log)
+def build_baseline_report(
+    conn, settings: BaselineSettings, log=print, duckdb_memory_limit: str | None = "4GB"
+) -> BaselineRun:
+    """Load the option frames, fit and score every baseline, write baseline_predictions / baseline_metrics.
+
+    Memory: the val/test frame is loaded first, the fit frame only while the models are fitted, and
+    DuckDB's own buffer is capped (the polars frames live outside it).
+    """
+    import gc
+    import time
+
+    t0 = time.perf_counter()
+    if duckdb_memory_limit:
+        conn.execute(f"set memory_limit = '{duckdb_memory_limit}'")  # a setting, not data: no parameter slot
+    evalf = load_eval_frame(conn, settings.seed)
+    fit = load_fit_frame(conn)
+    t_load = time.perf_counter() - t0
+    log(f"option frames: {fit.height} fit rows, {evalf.height} val/test rows ({t_load:.1f} s)")
+    models = fit_baseline_models(fit, evalf.filter(pl.col("period") == "val"), settings, log=log)
+    del fit
+    gc.collect()
+    run = score_baselines(evalf, models, settings, log=log)
+    t = time.perf_counter()
     write_tables(conn, run)
+    run.info["timings"].update(load=t_load, write=time.perf_counter() - t, total=time.perf_counter() - t0)
     return run
 
 
@@ -198,7 +223,8 @@ __all__ = [
     "coefficients_frame",
     "headline_metrics",
     "image_markdown",
-    "load_option_frame",
+    "load_eval_frame",
+    "load_fit_frame",
     "log_to_mlflow",
     "metrics_markdown",
     "metrics_problems",

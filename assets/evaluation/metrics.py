@@ -203,7 +203,8 @@ def evaluate_splits(
     by_split = {r["split"]: r for r in pm.group_by("split").agg(aggs).iter_rows(named=True)}
     jsd: dict[str, float] = {}
     if probs:
-        per_cat = per_category_jsd(long.join(members, on="episode_id", how="inner"), by=("split",))
+        slim = long.select("episode_id", "product_id", "prob", "is_chosen", "category")
+        per_cat = per_category_jsd(slim.join(members, on="episode_id", how="inner"), by=("split",))
         w = pl.col("n_episodes").cast(pl.Float64)
         for r in per_cat.group_by("split").agg(v=(pl.col("jsd") * w).sum() / w.sum()).iter_rows(named=True):
             jsd[r["split"]] = r["v"]
