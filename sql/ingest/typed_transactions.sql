@@ -57,7 +57,8 @@ checked as (
         end as why
     from typed as t
     left join products as p on p.product_id = t.product_id
-    left join customers as c on c.customer_id = t.customer_id
+    -- customers are looked up only when the customer file is exhaustive (else the build side is empty)
+    left join (select customer_id from customers where $customers_exhaustive) as c on c.customer_id = t.customer_id
 )
 select
     _row,
