@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ class UsageError(Exception):
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=False, highlight=False, width=max(120, shutil.get_terminal_size().columns))
 
 
 def _prepare_env(args: argparse.Namespace) -> Path:
@@ -85,7 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.definitions import defs
     from pipelines.progress import StageTimer, ingest_op_name
 
-    job = defs.get_job_def(args.job)
+    names = sorted(j.name for j in defs.resolve_all_job_defs())
+    if args.job not in names:
+        raise UsageError(f"--job {args.job}: unknown job; jobs: {', '.join(names)}")
+    job = defs.resolve_job_def(args.job)
     run_config = {"ops": {ingest_op_name(job): {"config": ingest_config}}} if ingest_op_name(job) else {}
     for override in args.config or []:
         _apply_override(run_config, override)
@@ -170,23 +174,20 @@ def _print_reports(console, reports) -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     data = _prepare_env(args)
     console = _console()
-    from assets.ingest.synth import SynthConfig, generate_market
+    import yaml
+
+    from assets.ingest.synth import main_synth
 
     out = Path(args.out) if args.out else data / "landing" / "synthetic"
-    fields = {f for f in SynthConfig.__dataclass_fields__}
     overrides = {}
     for item in args.set or []:
-        import yaml
-
         if "=" not in item:
-            raise UsageError(f"--set {item!r}: write it as FIELD=VALUE; fields: {', '.join(sorted(fields))}")
+            raise UsageError(f"--set {item!r}: write it as FIELD=VALUE (a SynthConfig field)")
         k, v = item.split("=", 1)
-        if k not in fields:
-            raise UsageError(f"--set {k}: unknown field; fields: {', '.join(sorted(fields))}")
         overrides[k] = yaml.safe_load(v)
     if args.seed is not None:
         overrides["seed"] = args.seed
-    summary = generate_market(out, SynthConfig(**overrides))
+    summary = main_synth(out, show_progress=True, **overrides)
     console.print(f"synthetic market written to {out} (ground truth apart in {out / 'truth'})")
     console.print(summary)
     return 0

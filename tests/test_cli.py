@@ -1,0 +1,119 @@
+"""The `malles` command: help, exit statuses, one-line errors, ingest and synth through the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines.cli import main
+
+MALLES = [sys.executable, "-m", "pipelines.cli"]
+
+
+def _run(args, data_dir):
+    env = dict(os.environ, MALLES_DATA_DIR=str(data_dir))
+    return subprocess.run(MALLES + args, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["ingest"], ["synth"]])
+def test_help(cmd, data_dir):
+    out = _run(cmd + ["--help"], data_dir)
+    assert out.returncode == 0
+    assert "usage: malles" in out.stdout
+
+
+def test_help_lists_commands(data_dir):
+    out = _run(["--help"], data_dir).stdout
+    for name in ("run", "ingest", "synth"):
+        assert name in out
+
+
+def test_missing_path_is_one_line_error(data_dir, capsys):
+    code = main(["ingest", str(data_dir / "nope.csv"), "--mapping", "canonical"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("malles: error:") and "nope.csv" in err and "\n" not in err
+
+
+def test_missing_mapping_is_one_line_error(data_dir, capsys):
+    code = main(["run", "--source", str(data_dir / "missing.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "missing.yaml" in err and "\n" not in err
+
+
+def test_unknown_source_is_one_line_error(data_dir, capsys):
+    code = main(["run", "--source", "no_such_source"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no_such_source" in err and "\n" not in err
+
+
+def test_bad_config_override_is_one_line_error(data_dir, capsys):
+    code = main(["run", "--job", "ingest_job", "--config", "nodot=1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "OP.FIELD=VALUE" in err
+
+
+def _write_canonical_csv(path: Path, rows: list[str]) -> None:
+    header = "txn_id,basket_id,ts,customer_id,product_id,quantity,unit_price,list_price,channel"
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+
+
+def test_ingest_command_counts_add_up_and_reingest_is_noop(data_dir):
+    landing = data_dir / "in"
+    landing.mkdir()
+    (landing / "products.csv").write_text("product_id,category\np1,A\np2,A\n", encoding="utf-8")
+    _write_canonical_csv(
+        landing / "transactions.csv",
+        [
+            "t1,b1,2024-01-01 10:00:00,c1,p1,1,2.0,2.5,retail",
+            "t2,b1,2024-01-01 10:00:00,c1,p2,0,2.0,2.5,retail",  # quantity 0: quarantined
+            "t3,b2,not a time,c2,p1,1,2.0,2.5,retail",  # bad timestamp: quarantined
+            "t1,b1,2024-01-01 10:00:00,c1,p1,1,2.0,2.5,retail",  # identical re-sent row: duplicate
+        ],
+    )
+    wh = data_dir / "cli.duckdb"
+    first = _run(["--warehouse", str(wh), "ingest", str(landing), "--mapping", "canonical"], data_dir)
+    assert first.returncode == 0, first.stderr
+    with duckdb.connect(str(wh), read_only=True) as conn:
+        loaded = conn.execute("select count(*) from raw_transactions").fetchone()[0]
+        reasons = dict(conn.execute("select reason, count(*) from quarantined_rows group by 1").fetchall())
+        ledger = conn.execute(
+            "select rows_in, rows_loaded, rows_quarantined, rows_duplicate from ingest_ledger "
+            "where table_name = 'transactions'"
+        ).fetchone()
+    assert loaded == 1
+    assert reasons == {"non_positive_quantity": 1, "bad_timestamp": 1}
+    assert ledger == (4, 1, 2, 1)
+    second = _run(["--warehouse", str(wh), "ingest", str(landing), "--mapping", "canonical"], data_dir)
+    assert second.returncode == 0
+    assert "skipped" in second.stdout
+    with duckdb.connect(str(wh), read_only=True) as conn:
+        assert conn.execute("select count(*) from raw_transactions").fetchone()[0] == 1
+
+
+def test_ingest_command_rejects_file_missing_columns(data_dir):
+    bad = data_dir / "transactions.csv"
+    bad.write_text("txn_id,basket_id\nt1,b1\n", encoding="utf-8")
+    out = _run(["--warehouse", str(data_dir / "w.duckdb"), "ingest", str(bad), "--mapping", "canonical"], data_dir)
+    assert out.returncode == 1
+    assert "rejected" in out.stdout and "customer_id" in out.stdout
+
+
+def test_synth_command_writes_canonical_files_and_truth_apart(data_dir):
+    out_dir = data_dir / "synth"
+    out = _run(["synth", "--out", str(out_dir), "--seed", "3", "--set", "n_customers=40"], data_dir)
+    assert out.returncode == 0, out.stderr
+    for name in ("transactions.parquet", "products.parquet", "customers.parquet"):
+        assert (out_dir / name).exists()
+    assert (out_dir / "truth" / "customers_truth.parquet").exists()
+    n = duckdb.execute(f"select count(distinct customer_id) from '{out_dir / 'customers.parquet'}'").fetchone()[0]
+    assert n >= 40
+
+
+def test_synth_command_unknown_field_is_one_line_error(data_dir):
+    out = _run(["synth", "--out", str(data_dir / "s"), "--set", "n_planets=3"], data_dir)
+    assert out.returncode == 2
+    assert "n_planets" in out.stderr and len(out.stderr.strip().splitlines()) == 1
