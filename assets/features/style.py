@@ -57,22 +57,34 @@ class StyleFit:
 # ----------------------------------------------------------------------------- design matrix
 
 
-def design_frame(rows: pl.DataFrame) -> pl.DataFrame:
-    """Model features from option rows (columns of sql/features/select_style_options.sql)."""
-    lp = (pl.col("price") + 0.01).log()
-    lgap = lp - (pl.col("ref_price") + 0.01).log()
-    return rows.with_columns(
-        (lp - lp.mean().over("eidx")).alias("price"),
-        pl.col("discount_depth").clip(-1.0, 1.0).alias("discount"),
-        lgap.clip(0.0, 3.0).alias("loss"),
-        (-lgap).clip(0.0, 3.0).alias("gain"),
-        (pl.col("cust_brand_purchases") > 0).cast(pl.Float64).alias("brand"),
-        pl.col("pop_28d").log1p().alias("log_pop_28d"),
-        pl.col("pop_total").log1p().alias("log_pop_total"),
-        pl.col("is_new").cast(pl.Float64).alias("is_new"),
-        pl.col("cust_product_purchases").log1p().alias("log_cust_product"),
-        (pl.col("cust_product_purchases") > 0).cast(pl.Float64).alias("bought_product"),
-    ).sort("eidx", maintain_order=True)
+def design_matrix(rows: pl.DataFrame, ep_ptr: np.ndarray, row_episode: np.ndarray) -> np.ndarray:
+    """Model features (columns FOCAL + CONTROLS) from option rows sorted by episode
+    (columns of sql/features/select_style_options.sql)."""
+
+    def col(name: str) -> np.ndarray:
+        return rows[name].cast(pl.Float64).fill_null(0.0).to_numpy()
+
+    lp = np.log(col("price") + 0.01)
+    counts = np.diff(np.r_[ep_ptr, len(lp)])
+    lp_mean = (np.add.reduceat(lp, ep_ptr) / counts)[row_episode] if len(lp) else lp
+    lgap = lp - np.log(col("ref_price") + 0.01)
+    features = {
+        "price": lp - lp_mean,
+        "discount": np.clip(col("discount_depth"), -1.0, 1.0),
+        "loss": np.clip(lgap, 0.0, 3.0),
+        "gain": np.clip(-lgap, 0.0, 3.0),
+        "brand": (col("cust_brand_purchases") > 0).astype(float),
+        "log_pop_28d": np.log1p(col("pop_28d")),
+        "log_pop_total": np.log1p(col("pop_total")),
+        "is_new": col("is_new"),
+        "log_cust_product": np.log1p(col("cust_product_purchases")),
+        "bought_product": (col("cust_product_purchases") > 0).astype(float),
+    }
+    return (
+        np.column_stack([features[c] for c in FOCAL + CONTROLS])
+        if len(lp)
+        else np.zeros((0, len(FOCAL + CONTROLS)))
+    )
 
 
 # ----------------------------------------------------------------------------- grouped Newton
@@ -87,6 +99,8 @@ class _Episodes:
 
     @classmethod
     def from_sorted(cls, eidx: np.ndarray) -> _Episodes:
+        if len(eidx) == 0:
+            return cls(ptr=np.zeros(0, np.int64), row_episode=np.zeros(0, np.int64))
         starts = np.flatnonzero(np.r_[True, eidx[1:] != eidx[:-1]])
         counts = np.diff(np.r_[starts, len(eidx)])
         return cls(ptr=starts, row_episode=np.repeat(np.arange(len(starts)), counts))
@@ -108,14 +122,15 @@ def grouped_clogit(
     n_groups: int,
     offset: np.ndarray | None = None,
     prior_mean: np.ndarray | None = None,
-    prior_prec: np.ndarray | None = None,
-    max_iter: int = 50,
-    tol: float = 1e-6,
+    prior_prec: np.ndarray | float | None = None,
+    max_iter: int = 30,
+    tol: float = 1e-5,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Conditional logit with one coefficient vector per group (MAP under a Gaussian prior).
 
     X: (n_rows, k) sorted by episode; y: 1 for the chosen row of each episode; row_group: group of each row
-    (constant within an episode). prior_mean: (n_groups, k); prior_prec: (k,) or (n_groups, k).
+    (constant within an episode). prior_mean: (n_groups, k); prior_prec: scalar, (k,) or (n_groups, k).
+    Sums run per episode first (np.add.reduceat over contiguous rows), then per group over episodes.
     Returns (coef (n_groups, k), Hessian of the negative log-posterior (n_groups, k, k), iterations).
     """
     n, k = X.shape
@@ -123,32 +138,30 @@ def grouped_clogit(
     mu = np.zeros((n_groups, k)) if prior_mean is None else np.asarray(prior_mean, float)
     prec = np.zeros((n_groups, k)) + (0.0 if prior_prec is None else np.asarray(prior_prec, float))
     ep_group = row_group[ep.ptr]
-    beta = mu.copy()
+    pairs = [(a, b) for a in range(k) for b in range(a, k)]
+    XX = {(a, b): X[:, a] * X[:, b] for a, b in pairs}
+    yX = np.add.reduceat(y[:, None] * X, ep.ptr)  # chosen row's features per episode
+
+    def per_group(values: np.ndarray) -> np.ndarray:
+        return np.bincount(ep_group, weights=values, minlength=n_groups)
 
     def objective(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u = offset + np.einsum("ij,ij->i", X, b[row_group])
         p, logp = _softmax(u, ep)
-        ll = np.bincount(row_group, weights=y * logp, minlength=n_groups)
+        ll = per_group(np.add.reduceat(y * logp, ep.ptr))
         return ll - 0.5 * (prec * (b - mu) ** 2).sum(1), p
 
-    obj, p = objective(beta)
+    obj, p = objective(beta := mu.copy())
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - iterations are reported
-        r = y - p
-        grad = np.stack(
-            [np.bincount(row_group, weights=r * X[:, j], minlength=n_groups) for j in range(k)], 1
-        )
-        grad -= prec * (beta - mu)
-        m = np.add.reduceat(p[:, None] * X, ep.ptr)
+        m = np.add.reduceat(p[:, None] * X, ep.ptr)  # expected features per episode
+        grad = np.stack([per_group(yX[:, j] - m[:, j]) for j in range(k)], 1) - prec * (beta - mu)
         H = np.empty((n_groups, k, k))
-        for a in range(k):
-            for b in range(a, k):
-                h = np.bincount(row_group, weights=p * X[:, a] * X[:, b], minlength=n_groups)
-                h -= np.bincount(ep_group, weights=m[:, a] * m[:, b], minlength=n_groups)
-                H[:, a, b] = H[:, b, a] = h
+        for a, b in pairs:
+            h = per_group(np.add.reduceat(p * XX[a, b], ep.ptr) - m[:, a] * m[:, b])
+            H[:, a, b] = H[:, b, a] = h
         H[:, np.arange(k), np.arange(k)] += prec + 1e-9
-        step = np.linalg.solve(H, grad[..., None])[..., 0]
-        step = np.clip(step, -3.0, 3.0)
+        step = np.clip(np.linalg.solve(H, grad[..., None])[..., 0], -3.0, 3.0)
         scale = np.ones(n_groups)
         for _ in range(20):  # step halving, per group, until no group's objective falls
             new_beta = beta + scale[:, None] * step
@@ -258,17 +271,17 @@ def estimate_style(
     )
     n_cust, n_seg = cust.height, len(seg_names)
 
-    df = design_frame(rows).join(cust.select("customer_id", "cidx"), on="customer_id", how="left")
-    df = df.sort("eidx", maintain_order=True)
-    n_fit_episodes = int(df["eidx"].n_unique()) if df.height else 0
+    df = rows.join(cust.select("customer_id", "cidx"), on="customer_id", how="left", maintain_order="left")
+    eidx = df["eidx"].to_numpy()
+    if len(eidx) > 1 and np.any(eidx[1:] < eidx[:-1]):
+        df = df.sort("eidx", maintain_order=True)
+        eidx = df["eidx"].to_numpy()
+    ep = _Episodes.from_sorted(eidx)
+    n_fit_episodes = len(ep.ptr)
     cols = list(FOCAL) + list(CONTROLS)
-    if n_fit_episodes == 0:
-        X = np.zeros((0, len(cols)))
-    else:
-        X = df.select(cols).to_numpy().astype(np.float64)
-    y = df["is_chosen"].cast(pl.Float64).to_numpy() if df.height else np.zeros(0)
-    cidx = df["cidx"].to_numpy().astype(np.int64) if df.height else np.zeros(0, np.int64)
-    eidx = df["eidx"].to_numpy() if df.height else np.zeros(0, np.int64)
+    X = design_matrix(df, ep.ptr, ep.row_episode)
+    y = df["is_chosen"].cast(pl.Float64).to_numpy()
+    cidx = df["cidx"].to_numpy().astype(np.int64)
     k_f = len(FOCAL)
 
     fit = StyleFit({}, {}, {}, n_fit_episodes, n_cust)
@@ -279,7 +292,6 @@ def estimate_style(
     pop = np.zeros(len(cols))
     seg_coef = np.zeros((n_seg, k_f))
     if n_fit_episodes >= 2:
-        ep = _Episodes.from_sorted(eidx)
         # 1. population model on a seeded sample of episodes
         rng = np.random.default_rng(seed)
         n_ep = len(ep.ptr)
