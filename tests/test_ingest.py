@@ -211,6 +211,33 @@ def test_duplicates_within_file_and_against_warehouse(tmp_path, conn):
     assert q(conn, "select count(*) from raw_transactions")[0][0] == 4
 
 
+def test_product_duplicates_and_conflicts_within_file_and_against_warehouse(tmp_path, conn):
+    mapping = canonical_source(tmp_path / "tiny")
+    logic.ingest_source(conn, str(mapping), progress=False)  # p1 and p2 are in the warehouse
+    f = write(
+        tmp_path / "later" / "products_2.csv",
+        [
+            "product_id,category,brand,department,description,size",
+            "p1,MILK,A,DAIRY,milk 1l,1l",  # identical to the warehouse row: duplicate
+            "p2,BREAD,B,BAKERY,rye,500g",  # the warehouse row has no description: conflict
+            "p3,EGGS,C,DAIRY,,6",  # new: loaded
+            "p3,EGGS,C,DAIRY,,6",  # identical to the file's first p3: duplicate
+            "p4,TEA,D,DRINKS,,x",  # new: loaded
+            "p4,COFFEE,D,DRINKS,,x",  # differs from the file's first p4: conflict
+        ],
+    )
+    (r,) = logic.ingest_source(conn, str(mapping), paths={"products": [f]}, progress=False)
+    assert (r.rows_in, r.rows_loaded, r.rows_quarantined, r.rows_duplicate) == (6, 2, 2, 2)
+    assert r.reasons == {"conflicting_product_id": 2}
+    assert quarantined(conn, "products") == [(2, "conflicting_product_id"), (6, "conflicting_product_id")]
+    assert q(conn, "select product_id, category, description from products order by product_id") == [
+        ("p1", "MILK", "milk 1l"),
+        ("p2", "BREAD", None),
+        ("p3", "EGGS", None),
+        ("p4", "TEA", None),
+    ]
+
+
 def test_mixed_file_counts_add_up(tmp_path, conn):
     lines = [
         TX_HEADER,
