@@ -13,16 +13,17 @@ Public API (the CLI, the pipeline and the assets call these):
 How a file is ingested (all in SQL, set-based; sql/ingest/*.sql):
 1. Its sha256 is looked up in `ingest_ledger`: a file loaded before is skipped (nothing added). A file
    rejected before (e.g. a mapping error since fixed) is tried again, replacing its earlier quarantine rows.
-2. BEGIN. The file is staged: Parquet is read as typed, in place; CSV is read with every column as text
-   (DuckDB's reader with store_rejects: lines with a wrong field count or invalid UTF-8 are set aside).
+2. BEGIN. The file is staged once into the temp table `_src` (so the steps below read it in parallel even when
+   the Parquet file has a single row group): Parquet as typed; CSV with every column as text (DuckDB's reader
+   with store_rejects: lines with a wrong field count or invalid UTF-8 are set aside).
 3. File-level checks: a mapped column missing (reason missing_columns) or, in strict mode, an extra column
    (extra_columns) rejects the file: every row is quarantined with that reason, the ledger says 'rejected',
    and the report's message is a one-line error naming the columns, the file and the mapping.
 4. The typed query (sql/ingest/typed_<table>.sql): the canonical columns computed with TRY_CAST and a CASE
-   yielding each row's first failing check (reason codes in docs/tables.md). `_checks` keeps only row
-   number, key hash and reason per row (cheap); `_cand` the full typed rows whose key hash repeats in the
-   file or occurs in the warehouse; `_collisions` compares those exactly: identical content counts as a
-   duplicate, different content is quarantined as conflicting_<key>.
+   yielding each row's first failing check (reason codes in docs/tables.md), materialized once as `_typed`
+   with a 64-bit hash of the key (`_h`). `_cand` holds the good rows whose key hash repeats in the file or
+   whose key is already in the warehouse (exact semi-join on the key); `_collisions` compares those exactly:
+   identical content counts as a duplicate, different content is quarantined as conflicting_<key>.
 5. Good rows are inserted, bad rows go to `quarantined_rows` (raw row as JSON), customers seen in
    transactions are registered when the customer file is not exhaustive, and the ledger row is written with
    rows_in = rows_loaded + rows_quarantined + rows_duplicate. COMMIT; on any error ROLLBACK, so a failure
