@@ -51,6 +51,8 @@ def drop_temp(conn, names: Iterable[str]) -> None:
 
 
 EPISODE_TEMP_TABLES = (
+    "option_products",
+    "episode_own_purchases",
     "episode_heads",
     "category_day_assortment",
     "episode_negatives",
@@ -74,7 +76,12 @@ def build_decision_episodes(
         raise ValueError("n_options (K) must be at least 2")
     params = {"seed": int(seed), "window_days": int(window_days), "n_negatives": int(n_options) - 1}
     timings: dict[str, float] = {}
-    for step in ("episode_purchases", "create_episode_heads", "create_category_day_assortment"):
+    for step in (
+        "episode_purchases",
+        "create_option_products",
+        "create_episode_heads",
+        "create_category_day_assortment",
+    ):
         timings[step] = run_sql(conn, step, params)
     n_heads = scalar(conn, "select count(*) from episode_heads")
     n_batches = max(1, -(-n_heads // max(1, episodes_per_batch)))
@@ -86,7 +93,12 @@ def build_decision_episodes(
         )
         if log is not None:
             log(f"negatives: batch {batch + 1}/{n_batches} done")
-    for step in ("decision_episodes", "create_product_day_totals", "episode_options"):
+    for step in (
+        "decision_episodes",
+        "create_product_day_totals",
+        "create_episode_own_purchases",
+        "episode_options",
+    ):
         timings[step] = run_sql(conn, step, params)
     drop_temp(conn, EPISODE_TEMP_TABLES)
     return timings

@@ -40,7 +40,8 @@ covered as (
     select category, product_id, cast(unnest(generate_series(first_day, last_day, interval 1 day)) as date) as day
     from spans
 )
-select c.category, c.day, c.product_id
+select c.category, c.day, c.product_id, k.pidx
 from covered as c
+join option_products as k on k.product_id = c.product_id
 semi join (select distinct category, day from episode_heads) as e
     on e.category = c.category and e.day = c.day

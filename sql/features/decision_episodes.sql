@@ -11,6 +11,6 @@ select
     e.quantity,
     cast(1 + len(n.negatives) as integer) as n_options
 from episode_heads as e
-join episode_negatives as n on n.episode_id = e.episode_id
+join episode_negatives as n on n.eidx = e.eidx
 where len(n.negatives) >= 1
 order by e.ts, e.basket_id, e.category

@@ -1,76 +1,75 @@
 -- Builds episode_options: the choice set of every decision episode (actual product + drawn negatives),
--- positions 1..K in product_id text order, with each option's mean unit_price and list unit price over its
--- purchases in days [day - $window_days, day + $window_days] leaving out the episode's own basket; where
--- nothing remains, the price paid in this basket (then, an edge that cannot occur with consistent data, the
--- product's mean over all its purchases).
+-- positions 1..K in product_id text order (pidx follows that order), with each option's mean unit_price and
+-- list unit price over its purchases in days [day - $window_days, day + $window_days] leaving out the
+-- episode's own basket; where nothing remains, the price paid in this basket (then, an edge that cannot occur
+-- with consistent data, the product's mean over all its purchases).
 create or replace table episode_options as
 with sets as (
-    select
-        e.episode_id,
-        e.basket_id,
-        e.day,
-        e.chosen_product_id,
-        list_sort(list_prepend(e.chosen_product_id, n.negatives)) as option_ids
-    from decision_episodes as e
-    join episode_negatives as n on n.episode_id = e.episode_id
+    select e.eidx, e.day, e.chosen_pidx, list_sort(list_prepend(e.chosen_pidx, n.negatives)) as option_ids
+    from episode_heads as e
+    join episode_negatives as n on n.eidx = e.eidx
+    where len(n.negatives) >= 1
 ),
 options as (
     select
-        episode_id,
-        basket_id,
+        eidx,
         day,
-        chosen_product_id,
-        unnest(option_ids) as product_id,
+        chosen_pidx,
+        unnest(option_ids) as pidx,
         unnest(generate_series(1, len(option_ids))) as position
     from sets
 ),
 product_days as (
-    select distinct product_id, day from options
+    select distinct pidx, day from options
 ),
 windowed as (
     select
-        d.product_id,
+        d.pidx,
         d.day,
         coalesce(hi.cum_n, 0) - coalesce(lo.cum_n, 0) as n,
         coalesce(hi.cum_price, 0) - coalesce(lo.cum_price, 0) as sum_price,
         coalesce(hi.cum_list_price, 0) - coalesce(lo.cum_list_price, 0) as sum_list_price
     from product_days as d
     asof left join product_day_totals as hi
-        on hi.product_id = d.product_id and d.day + $window_days::integer >= hi.day
+        on hi.pidx = d.pidx and d.day + $window_days::integer >= hi.day
     asof left join product_day_totals as lo
-        on lo.product_id = d.product_id and d.day - ($window_days::integer + 1) >= lo.day
+        on lo.pidx = d.pidx and d.day - ($window_days::integer + 1) >= lo.day
 ),
 overall as (
     select
-        product_id,
-        cast(sum(sum_price) as double) / sum(n) as price,
-        cast(sum(sum_list_price) as double) / sum(n) as list_price
+        pidx,
+        cast(arg_max(cum_price, day) as double) / arg_max(cum_n, day) as price,
+        cast(arg_max(cum_list_price, day) as double) / arg_max(cum_n, day) as list_price
     from product_day_totals
-    group by product_id
+    group by pidx
 ),
 priced as (
     select
-        o.episode_id,
-        o.product_id,
+        o.eidx,
+        o.pidx,
         o.position,
-        o.product_id = o.chosen_product_id as is_chosen,
-        w.n - (own.basket_id is not null)::integer as n_rest,
+        o.pidx = o.chosen_pidx as is_chosen,
+        w.n - (own.eidx is not null)::integer as n_rest,
         w.sum_price - coalesce(cast(own.unit_price as decimal(38, 10)), 0) as rest_price,
         w.sum_list_price - coalesce(cast(own.list_unit_price as decimal(38, 10)), 0) as rest_list_price,
         own.unit_price as own_price,
         own.list_unit_price as own_list_price
     from options as o
-    join windowed as w on w.product_id = o.product_id and w.day = o.day
-    left join episode_purchases as own on own.basket_id = o.basket_id and own.product_id = o.product_id
+    join windowed as w on w.pidx = o.pidx and w.day = o.day
+    left join episode_own_purchases as own on own.eidx = o.eidx and own.pidx = o.pidx
 )
 select
-    p.episode_id,
-    p.product_id,
+    e.episode_id,
+    k.product_id,
     cast(p.position as integer) as position,
     p.is_chosen,
-    case when p.n_rest > 0 then cast(p.rest_price as double) / p.n_rest else coalesce(p.own_price, a.price) end as price,
+    case when p.n_rest > 0 then cast(p.rest_price as double) / p.n_rest else coalesce(p.own_price, a.price) end
+        as price,
     case
-        when p.n_rest > 0 then cast(p.rest_list_price as double) / p.n_rest else coalesce(p.own_list_price, a.list_price)
+        when p.n_rest > 0 then cast(p.rest_list_price as double) / p.n_rest
+        else coalesce(p.own_list_price, a.list_price)
     end as list_price
 from priced as p
-left join overall as a on a.product_id = p.product_id
+join episode_heads as e on e.eidx = p.eidx
+join option_products as k on k.pidx = p.pidx
+left join overall as a on a.pidx = p.pidx
