@@ -428,10 +428,10 @@ def test_baseline_report_materializes(duckdb_resource, mlflow_resource):
     assert meta["plot"].value.startswith("![baseline metrics](data:image/png;base64,")
     with duckdb_resource.get_connection() as conn:
         met = conn.sql("select * from baseline_metrics").pl()
-        n_pred = conn.execute("select count(*) from baseline_predictions").fetchone()[0]
+        n_pred = conn.execute("select count(*) from baseline_predictions").fetchall()[0][0]
         qty_one_mae = conn.execute(
             "select qty_mae from baseline_metrics where method = 'qty_one' and split = 'test_all'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     assert set(met["split"]) == {"val", "test_all", "test_sparse", "test_cold", "test_new"}
     assert n_pred == 5 * options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
     # qty_one: mean |1 - quantity| over the test episodes, computed from the input table
@@ -478,7 +478,9 @@ def test_config_defaults_match_settings():
 
     from assets.evaluation import BaselineReportConfig
 
-    assert BaselineReportConfig().model_dump() == asdict(BaselineSettings())
+    knobs = BaselineReportConfig().model_dump()
+    assert knobs.pop("duckdb_memory_limit")
+    assert knobs == asdict(BaselineSettings())
 
 
 def test_run_baselines_without_fit_or_val_episodes_still_reports():
@@ -498,3 +500,25 @@ def test_run_baselines_without_fit_or_val_episodes_still_reports():
     assert got[("repeat", "test_new")]["hit1"] == 1.0  # as in the hand-made example above
     assert got[("popularity", "val")]["n_episodes"] == 0
     assert metrics_problems(run.metrics) == []
+
+
+def test_build_baseline_report_writes_tables_and_restores_memory_limit(tmp_path):
+    import duckdb
+
+    from assets.evaluation.logic import build_baseline_report
+
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    tables = tiny_tables(seed=3, n_days=40)
+    write_warehouse(conn, tables)
+    conn.execute("set memory_limit = '3GB'")
+    before = conn.execute("select current_setting('memory_limit')").fetchall()[0][0]
+    run = build_baseline_report(
+        conn, BaselineSettings(lgbm_n_estimators=10), log=lambda s: None, duckdb_memory_limit="1GB"
+    )
+    assert conn.execute("select current_setting('memory_limit')").fetchall()[0][0] == before
+    n = conn.execute("select count(*) from baseline_metrics").fetchall()[0][0]
+    assert n == run.metrics.height == 7 * 5  # 5 choice methods + 2 quantity baselines, 5 splits
+    kinds = conn.execute("select count(*) from baseline_predictions where prob is null").fetchall()[0][0]
+    n_eval = tables[1].join(tables[3].filter(pl.col("period") != "train"), on="episode_id").height
+    assert kinds == n_eval  # only repeat has no probabilities
+    conn.close()

@@ -188,22 +188,45 @@ def log_to_mlflow(run: BaselineRun, settings: BaselineSettings, out_dir: str | P
         mlflow.log_artifact(str(p))
 
 
+def _restorable(shown: str) -> str:
+    """DuckDB shows memory_limit rounded down to 0.1 of its unit ("2.7 GiB"); setting the middle of that
+    step ("2.75 GiB") shows the same text again, so a restore neither drifts nor changes what is shown."""
+    parts = shown.split()
+    try:
+        return f"{float(parts[0]) + 0.05:.2f} {parts[1]}" if len(parts) == 2 and "." in parts[0] else shown
+    except ValueError:
+        return shown
+
+
+def _quote_free(value: str) -> str:
+    if "'" in value or ";" in value:
+        raise ValueError(f"not a memory size: {value!r}")
+    return value
+
+
 def build_baseline_report(
-    conn, settings: BaselineSettings, log=print, duckdb_memory_limit: str | None = "4GB"
+    conn, settings: BaselineSettings, log=print, duckdb_memory_limit: str | None = None
 ) -> BaselineRun:
     """Load the option frames, fit and score every baseline, write baseline_predictions / baseline_metrics.
 
     Memory: the val/test frame is loaded first, the fit frame only while the models are fitted, and
-    DuckDB's own buffer is capped (the polars frames live outside it).
+    DuckDB's own buffer can be capped for the load (the polars frames live outside it) and is restored.
     """
     import gc
     import time
 
     t0 = time.perf_counter()
-    if duckdb_memory_limit:
-        conn.execute(f"set memory_limit = '{duckdb_memory_limit}'")  # a setting, not data: no parameter slot
-    evalf = load_eval_frame(conn, settings.seed)
-    fit = load_fit_frame(conn)
+    if duckdb_memory_limit:  # SET takes no parameter slot; the value is checked by DuckDB's parser
+        previous = conn.execute("select current_setting('memory_limit')").fetchall()[0][0]
+        conn.execute(f"set memory_limit = '{_quote_free(duckdb_memory_limit)}'")
+        try:
+            evalf = load_eval_frame(conn, settings.seed)
+            fit = load_fit_frame(conn)
+        finally:  # the database instance may be shared with other assets of the run: restore its setting
+            conn.execute(f"set memory_limit = '{_quote_free(_restorable(str(previous)))}'")
+    else:
+        evalf = load_eval_frame(conn, settings.seed)
+        fit = load_fit_frame(conn)
     t_load = time.perf_counter() - t0
     log(f"option frames: {fit.height} fit rows, {evalf.height} val/test rows ({t_load:.1f} s)")
     models = fit_baseline_models(fit, evalf.filter(pl.col("period") == "val"), settings, log=log)
