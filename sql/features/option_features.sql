@@ -2,24 +2,7 @@
 -- day d only (EVALUATION.md): popularity, the customer's past purchases, prices and reference prices.
 -- Window sums come from running totals through ASOF joins (sum over [a, b] = cum(<= b) - cum(<= a - 1)).
 create or replace table option_features as
-with product_days as (
-    select distinct pidx, day, day_before from feature_options
-),
-product_history as (
-    select
-        d.pidx,
-        d.day,
-        coalesce(hi.cum_n, 0) as pop_total,
-        coalesce(hi.cum_n, 0) - coalesce(lo.cum_n, 0) as pop_28d,
-        coalesce(hi.cum_units, 0) - coalesce(lo.cum_units, 0) as units_28d,
-        coalesce(hi.cum_price, 0) - coalesce(lo.cum_price, 0) as sum_price_28d
-    from product_days as d
-    asof left join product_history_days as hi
-        on hi.pidx = d.pidx and d.day_before >= hi.day
-    asof left join product_history_days as lo
-        on lo.pidx = d.pidx and d.day - ($history_days::integer + 1) >= lo.day
-),
-brand_days as (
+with brand_days as (
     select distinct eidx, cidx, catidx, bidx, day_before from feature_options where bidx is not null
 ),
 brand_history as (
@@ -34,8 +17,8 @@ joined as (
         o.product_id,
         o.price,
         o.list_price,
-        ph.pop_28d,
-        ph.pop_total,
+        coalesce(hi.cum_n, 0) - coalesce(lo.cum_n, 0) as pop_28d,
+        coalesce(hi.cum_n, 0) as pop_total,
         coalesce(cp.cum_n, 0) as cust_product_purchases,
         coalesce(bh.cust_brand_purchases, 0) as cust_brand_purchases,
         e.cust_category_purchases,
@@ -43,16 +26,25 @@ joined as (
         e.mean_price,
         coalesce(
             cast(cp.cum_price as double) / cp.cum_n,
-            case when ph.pop_28d > 0 then cast(ph.sum_price_28d as double) / ph.pop_28d end,
+            case
+                when hi.cum_n > coalesce(lo.cum_n, 0)
+                    then cast(hi.cum_price - coalesce(lo.cum_price, 0) as double) / (hi.cum_n - coalesce(lo.cum_n, 0))
+            end,
             o.price
         ) as ref_price,
         e.cust_mean_qty,
-        case when ph.pop_28d > 0 then ph.units_28d / ph.pop_28d end as prod_mean_qty_28d
+        case
+            when hi.cum_n > coalesce(lo.cum_n, 0)
+                then (hi.cum_units - coalesce(lo.cum_units, 0)) / (hi.cum_n - coalesce(lo.cum_n, 0))
+        end as prod_mean_qty_28d
     from feature_options as o
     asof left join customer_product_days as cp
         on cp.cidx = o.cidx and cp.pidx = o.pidx and o.day_before >= cp.day
+    asof left join product_history_days as hi
+        on hi.pidx = o.pidx and o.day_before >= hi.day
+    asof left join product_history_days as lo
+        on lo.pidx = o.pidx and o.day - ($history_days::integer + 1) >= lo.day
     join feature_episodes as e on e.eidx = o.eidx
-    join product_history as ph on ph.pidx = o.pidx and ph.day = o.day
     left join brand_history as bh on bh.eidx = o.eidx and bh.bidx = o.bidx
 )
 select
