@@ -51,13 +51,12 @@ def pipeline(tmp_path_factory):
 
 def test_clogit_reaches_the_oracle_hit_rate(pipeline):
     from assets.evaluation.baselines import BaselineSettings, fit_clogit_baseline, score_clogit
-    from assets.evaluation.logic import load_option_frame
+    from assets.evaluation.logic import load_eval_frame, load_fit_frame
     from assets.evaluation.metrics import hit1
 
     conn, truth = pipeline
-    opts = load_option_frame(conn, SEED).sort("episode_id", "position")
-    train = opts.filter((pl.col("period") == "train") & pl.col("use_for_fit"))
-    test = opts.filter(pl.col("period") == "test")
+    train = load_fit_frame(conn).sort("episode_id", "position")
+    test = load_eval_frame(conn, SEED).filter(pl.col("period") == "test").sort("episode_id", "position")
     result = fit_clogit_baseline(train, BaselineSettings(seed=SEED))
     clogit_hit1 = hit1(score_clogit(test, result))
     oracle = oracle_hit1(truth["choice_truth"], test.select("episode_id", "product_id"))
