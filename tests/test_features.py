@@ -585,3 +585,36 @@ def test_full_completejourney(tmp_path):
     summary = logic.episode_summary(conn)
     assert 1_000_000 < summary["episodes"] < 1_100_000  # NOTES.md: about 1.07M under the v1 reading
     conn.close()
+
+
+def test_price_sensitivity_on_the_synthetic_market(tmp_path):
+    """Acceptance: on the synthetic market (known per-customer beta_i), the estimated price_sensitivity
+    ranks the true one with Spearman >= 0.6 over customers with >= 20 fit episodes."""
+    import polars as pl
+    from scipy.stats import spearmanr
+
+    from assets.ingest.synth import SynthConfig, generate_market
+
+    out = tmp_path / "synth"
+    generate_market(out, SynthConfig(n_customers=300, seed=3))
+    conn = ddb.connect(str(tmp_path / "s.duckdb"))
+    tx, pr, cu = (str(out / f"{n}.parquet") for n in ("transactions", "products", "customers"))
+    conn.execute("create table raw_transactions as select * from read_parquet($f)", {"f": tx})
+    conn.execute(
+        "create table products as select product_id, category, brand, department, true as is_merchandise "
+        "from read_parquet($f)",
+        {"f": pr},
+    )
+    conn.execute("create table customers as select customer_id, segment from read_parquet($f)", {"f": cu})
+    logic.build_decision_episodes(conn)
+    logic.build_option_features(conn)
+    logic.build_episode_splits(conn)
+    logic.build_customer_style_params(conn)
+    est = conn.sql("select customer_id, n_episodes, price_sensitivity from customer_style_params").pl()
+    conn.close()
+    truth = pl.read_parquet(out / "truth" / "customers_truth.parquet").select(
+        "customer_id", pl.col("price_sensitivity").alias("beta")
+    )
+    both = est.join(truth, on="customer_id").filter(pl.col("n_episodes") >= 20)
+    assert both.height >= 100
+    assert spearmanr(both["price_sensitivity"], both["beta"]).statistic >= 0.6
