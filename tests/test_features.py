@@ -618,3 +618,26 @@ def test_price_sensitivity_on_the_synthetic_market(tmp_path):
     both = est.join(truth, on="customer_id").filter(pl.col("n_episodes") >= 20)
     assert both.height >= 100
     assert spearmanr(both["price_sensitivity"], both["beta"]).statistic >= 0.6
+
+
+def test_empty_warehouse_builds_empty_tables(tmp_path):
+    """No transactions: every table exists and is empty, nothing crashes, customers get no estimate."""
+    path = tmp_path / "empty.duckdb"
+    make_warehouse(path)
+    conn = ddb.connect(str(path))
+    conn.execute("delete from raw_transactions")
+    logic.build_decision_episodes(conn)
+    logic.build_option_features(conn)
+    logic.build_episode_splits(conn)
+    logic.build_customer_style_params(conn)
+    for table in ("decision_episodes", "episode_options", "option_features", "episode_splits"):
+        assert conn.execute(f"select count(*) from {table}").fetchall()[0][0] == 0
+    got = conn.execute("select count(*), max(n_episodes) from customer_style_params").fetchall()[0]
+    assert got == (4, 0)
+    for fn in (
+        logic.check_episode_ids_unique,
+        logic.check_splits_disjoint,
+        logic.check_choice_set_holds_actual,
+    ):
+        assert fn(conn)[0]
+    conn.close()
