@@ -1,0 +1,485 @@
+"""The `hf` engine: transformers on CPU or GPU, exact choice distributions from log-probabilities.
+
+All methods take already-rendered prompt TEXT (the prompt builder applies the chat template) and tokenize it
+without adding special tokens. Three modes:
+
+- `score_options(prefix, suffixes)`: the utility of each option, log P(answers[0]) - log P(answers[1]) at
+  the position right after prefix + suffix. With prefix reuse the prefix runs once, its KV cache is gathered
+  or expanded into a fresh `DynamicCache` for every batch (a DynamicCache grows in place), and only the
+  right-padded suffixes run, with explicit position ids (prefix length + arange) and a mask covering the real
+  prefix and suffix tokens. `score_many` batches suffixes across episodes; prefixes of a chunk run as one
+  right-padded batch, so the gathered caches carry masked pad slots.
+- `label_logprobs(prompts, labels)`: log-softmax over the label tokens only, at the answer position.
+- `sample(prompts, k, ...)`: k sampled answers per prompt under a strict grammar (exactly one of `allowed`
+  after stripping whitespace); failures are retried and counted, never dropped.
+
+Scores are computed in fp32 from the final hidden state projected on the answer rows of the output head
+only (log-softmax differences do not need the full vocabulary). The answer token ids are read from the
+tokenizer at the answer position (NOTES.md: right after the assistant turn starts, "Yes" and "No" carry no
+leading space) and must each be exactly one token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class AnswerTokenError(ValueError):
+    """An answer or label is not exactly one token at the answer position."""
+
+
+@dataclass
+class SampleResult:
+    """k sampled answers for one prompt: `answers[i]` is an allowed label, or None if still unparseable."""
+
+    answers: list[str | None]
+    raw: list[str]  # the last generated text of each slot
+    n_retries: int = 0  # extra generations spent on unparseable answers
+    n_failed: int = 0  # slots still unparseable after max_retries (kept as None, never dropped)
+
+    @property
+    def parse_rate(self) -> float:
+        return 1.0 - self.n_failed / max(len(self.answers), 1)
+
+
+@dataclass
+class EngineStats:
+    """Running counters of the scoring work (decisions are episodes; options are suffixes)."""
+
+    decisions: int = 0
+    options: int = 0
+    tokens: int = 0  # real (non-pad) tokens through the model, prefix counted once when reused
+    seconds: float = 0.0
+    fallbacks: int = 0  # episodes scored as full prompts because the prefix/suffix split was unstable
+    samples: int = 0
+    sample_retries: int = 0
+    sample_failures: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decisions_per_s(self) -> float:
+        return self.decisions / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "decisions": self.decisions,
+            "options": self.options,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "decisions_per_s": round(self.decisions_per_s, 3),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "fallbacks": self.fallbacks,
+            "samples": self.samples,
+            "sample_retries": self.sample_retries,
+            "sample_failures": self.sample_failures,
+        }
+
+
+def parse_answer(text: str, allowed: list[str] | tuple[str, ...]) -> str | None:
+    """The strict answer grammar: the text, stripped of surrounding whitespace, is exactly one allowed label."""
+    s = text.strip()
+    return s if s in set(allowed) else None
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    table |= {"float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"dtype {name!r} is not one of float32, bfloat16, float16")
+    return table[name]
+
+
+class HFEngine:
+    """transformers inference for choice scoring and sampling (see the module docstring)."""
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model_path: str | Path = "default",
+        adapter_path: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+        threads: int = 2,
+        batch_size: int = 16,
+        prefix_reuse: bool = True,
+        progress: bool = True,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from resources.models import resolve_model
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and threads and threads > 0:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device(device)
+        self.dtype = _torch_dtype(dtype)
+        self.batch_size = max(1, int(batch_size))
+        self.prefix_reuse = prefix_reuse
+        self.progress = progress
+        self.model_path = resolve_model(str(model_path))
+        self.adapter_path = str(adapter_path) if adapter_path else None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
+        if self.adapter_path:
+            from peft import PeftModel
+
+            if not Path(self.adapter_path, "adapter_config.json").is_file():
+                raise ValueError(
+                    f"adapter path {self.adapter_path} has no adapter_config.json: pass a peft LoRA folder or ''"
+                )
+            model = PeftModel.from_pretrained(model, self.adapter_path).merge_and_unload()
+        self.model = model.to(self.device).eval()
+        self.decoder = self.model.base_model
+        head = self.model.get_output_embeddings()
+        self._head_w = head.weight
+        self._head_b = getattr(head, "bias", None)
+        self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
+        """The id of each answer as the next token after `prompt`; each must be exactly one token."""
+        base = self.encode(prompt)
+        ids = []
+        for a in answers:
+            full = self.encode(prompt + a)
+            if len(full) != len(base) + 1 or full[: len(base)] != base:
+                pieces = self.tokenizer.convert_ids_to_tokens(full[len(base) - 1 :]) if base else full
+                raise AnswerTokenError(
+                    f"answer {a!r} is not one token after the prompt's end (got {pieces}): use single-token "
+                    "answers placed right after the assistant turn starts (e.g. 'Yes'/'No', 'A'..'J', '1'..'9')"
+                )
+            ids.append(full[-1])
+        if len(set(ids)) != len(ids):
+            raise AnswerTokenError(f"answers {list(answers)} map to repeated token ids {ids}")
+        return ids
+
+    # ------------------------------------------------------------------ forward passes
+    def _project(self, hidden, ids: list[int]) -> np.ndarray:
+        """fp32 logits of the given token ids from final hidden states (n, H)."""
+        import torch
+
+        idx = torch.as_tensor(ids, device=hidden.device)
+        w = self._head_w.index_select(0, idx).float()
+        logits = hidden.float() @ w.T
+        if self._head_b is not None:
+            logits = logits + self._head_b.index_select(0, idx).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits.cpu().numpy().astype(np.float64)
+
+    def _full_rows(self, seqs: list[list[int]], ids: list[int], bar=None) -> np.ndarray:
+        """Logits of `ids` after each full sequence: length-sorted, right-padded batches, explicit positions."""
+        import torch
+
+        out = np.zeros((len(seqs), len(ids)))
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                lens = [len(seqs[i]) for i in chunk]
+                width = max(lens)
+                inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for r, i in enumerate(chunk):
+                    inp[r, : lens[r]] = torch.as_tensor(seqs[i])
+                    mask[r, : lens[r]] = 1
+                pos = torch.arange(width).unsqueeze(0).expand(len(chunk), -1)
+                hs = self.decoder(
+                    input_ids=inp.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=pos.to(self.device),
+                    use_cache=False,
+                ).last_hidden_state
+                last = torch.as_tensor(lens, device=self.device) - 1
+                h = hs[torch.arange(len(chunk), device=self.device), last]
+                out[chunk] = self._project(h, ids)
+                self.stats.tokens += sum(lens)
+                if bar is not None:
+                    bar.update(len(chunk))
+        return out
+
+    def _prefixed_rows(
+        self, prefixes: list[list[int]], rows: list[tuple[int, list[int]]], ids: list[int], bar=None
+    ) -> np.ndarray:
+        """Logits of `ids` after prefix[item] + suffix for each (item, suffix) row, the prefixes run once."""
+        import torch
+        from transformers import DynamicCache
+
+        out = np.zeros((len(rows), len(ids)))
+        by_item: dict[int, list[int]] = {}
+        for r, (item, _) in enumerate(rows):
+            by_item.setdefault(item, []).append(r)
+        items = sorted(by_item)
+        dev = self.device
+        with torch.inference_mode():
+            for cstart in range(0, len(items), self.batch_size):
+                chunk_items = items[cstart : cstart + self.batch_size]
+                # 1. the chunk's prefixes as one right-padded batch: its cache has masked pad slots at the end
+                plens = [len(prefixes[i]) for i in chunk_items]
+                pw = max(plens)
+                pin = torch.full((len(chunk_items), pw), self.pad_id, dtype=torch.long)
+                pmask = torch.zeros((len(chunk_items), pw), dtype=torch.long)
+                for r, i in enumerate(chunk_items):
+                    pin[r, : plens[r]] = torch.as_tensor(prefixes[i])
+                    pmask[r, : plens[r]] = 1
+                ppos = torch.arange(pw).unsqueeze(0).expand(len(chunk_items), -1)
+                pmask = pmask.to(dev)
+                pcache = self.decoder(
+                    input_ids=pin.to(dev), attention_mask=pmask, position_ids=ppos.to(dev), use_cache=True
+                ).cache
+                kv = [(layer.keys, layer.values) for layer in pcache.layers]
+                del pcache
+                self.stats.tokens += sum(plens)
+                # 2. the chunk's suffixes, length-sorted, in batches over a fresh cache gathered per batch
+                slot = {item: s for s, item in enumerate(chunk_items)}
+                crow = [r for i in chunk_items for r in by_item[i]]
+                crow.sort(key=lambda r: -len(rows[r][1]))
+                for bstart in range(0, len(crow), self.batch_size):
+                    batch = crow[bstart : bstart + self.batch_size]
+                    slots = [slot[rows[r][0]] for r in batch]
+                    slens = [len(rows[r][1]) for r in batch]
+                    sw = max(slens)
+                    b = len(batch)
+                    if len(set(slots)) == 1:  # one episode: expanded views, no copy
+                        s0 = slots[0]
+                        layers = [
+                            (k[s0 : s0 + 1].expand(b, -1, -1, -1), v[s0 : s0 + 1].expand(b, -1, -1, -1))
+                            for k, v in kv
+                        ]
+                    else:
+                        sel = torch.as_tensor(slots, device=dev)
+                        layers = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in kv]
+                    cache = DynamicCache(layers)
+                    sin = torch.full((b, sw), self.pad_id, dtype=torch.long)
+                    smask = torch.zeros((b, sw), dtype=torch.long)
+                    spos = torch.zeros((b, sw), dtype=torch.long)
+                    for j, r in enumerate(batch):
+                        sin[j, : slens[j]] = torch.as_tensor(rows[r][1])
+                        smask[j, : slens[j]] = 1
+                        spos[j] = plens[slots[j]] + torch.arange(sw)
+                    sel = torch.as_tensor(slots, device=dev)
+                    mask = torch.cat([pmask.index_select(0, sel), smask.to(dev)], dim=1)
+                    hs = self.decoder(
+                        input_ids=sin.to(dev),
+                        attention_mask=mask,
+                        position_ids=spos.to(dev),
+                        cache=cache,
+                        use_cache=True,
+                    ).last_hidden_state
+                    del cache, layers
+                    last = torch.as_tensor(slens, device=dev) - 1
+                    h = hs[torch.arange(b, device=dev), last]
+                    out[batch] = self._project(h, ids)
+                    self.stats.tokens += sum(slens)
+                    if bar is not None:
+                        bar.update(b)
+                del kv
+        return out
+
+    # ------------------------------------------------------------------ score mode
+    def score_options(
+        self,
+        prefix: str,
+        suffixes: list[str],
+        answers: tuple[str, str] | list[str] = ("Yes", "No"),
+        prefix_reuse: bool | None = None,
+    ) -> np.ndarray:
+        """Utility log P(answers[0]) - log P(answers[1]) of each suffix after the shared prefix."""
+        return self.score_many(
+            [(prefix, suffixes)], answers=answers, prefix_reuse=prefix_reuse, progress=False
+        )[0]
+
+    def score_many(
+        self,
+        items: list[tuple[str, list[str]]],
+        answers: tuple[str, str] | list[str] = ("Yes", "No"),
+        prefix_reuse: bool | None = None,
+        progress: bool | None = None,
+    ) -> list[np.ndarray]:
+        """Utilities for many episodes (prefix, suffixes), batched across episodes."""
+        from tqdm.auto import tqdm
+
+        if len(answers) != 2:
+            raise ValueError(
+                f"score mode needs exactly two answers (positive, negative), got {list(answers)}"
+            )
+        reuse = self.prefix_reuse if prefix_reuse is None else prefix_reuse
+        first = next(((p, s) for p, ss in items for s in ss), None)
+        if first is None:
+            return [np.zeros(0) for _ in items]
+        t0 = time.perf_counter()
+        ids = self.answer_token_ids(first[0] + first[1], answers)
+        prefixes: list[list[int]] = []
+        pref_rows: list[tuple[int, list[int]]] = []
+        pref_where: list[tuple[int, int]] = []
+        full_rows: list[list[int]] = []
+        full_where: list[tuple[int, int]] = []
+        n_fallback = 0
+        for it, (prefix, suffixes) in enumerate(items):
+            if not suffixes:
+                continue
+            split = None
+            if reuse and prefix:
+                p = self.encode(prefix)
+                ss = [self.encode(s) for s in suffixes]
+                if p and all(
+                    s and p + s == self.encode(prefix + text) for s, text in zip(ss, suffixes, strict=True)
+                ):
+                    split = (p, ss)
+                else:
+                    n_fallback += 1
+            if split is not None:
+                k = len(prefixes)
+                prefixes.append(split[0])
+                for j, s in enumerate(split[1]):
+                    pref_rows.append((k, s))
+                    pref_where.append((it, j))
+            else:
+                for j, s in enumerate(suffixes):
+                    full_rows.append(self.encode(prefix + s))
+                    full_where.append((it, j))
+        if n_fallback:
+            log.warning(
+                "prefix reuse: %d of %d episodes tokenize differently split at the prefix; scored as full prompts "
+                "(split the prompt after a special token such as '<|im_end|>\\n')",
+                n_fallback,
+                len(items),
+            )
+        results = [np.zeros(len(ss)) for _, ss in items]
+        n_rows = len(pref_rows) + len(full_rows)
+        show = self.progress if progress is None else progress
+        with tqdm(
+            total=n_rows, desc="score", unit="opt", disable=not show or n_rows == 0, mininterval=1.0
+        ) as bar:
+            for where, logits in (
+                (pref_where, self._prefixed_rows(prefixes, pref_rows, ids, bar) if pref_rows else None),
+                (full_where, self._full_rows(full_rows, ids, bar) if full_rows else None),
+            ):
+                if logits is None:
+                    continue
+                for (it, j), row in zip(where, logits, strict=True):
+                    results[it][j] = row[0] - row[1]
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.decisions += sum(1 for _, ss in items if ss)
+        self.stats.options += n_rows
+        self.stats.fallbacks += n_fallback
+        return results
+
+    def label_logprobs(self, prompts: list[str], labels: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(n, len(labels)) log-softmax over the label tokens only, at each prompt's answer position."""
+        if not prompts:
+            return np.zeros((0, len(labels)))
+        t0 = time.perf_counter()
+        ids = self.answer_token_ids(prompts[0], labels)
+        logits = self._full_rows([self.encode(p) for p in prompts], ids)
+        m = logits.max(axis=1, keepdims=True)
+        lp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.decisions += len(prompts)
+        self.stats.options += len(prompts) * len(labels)
+        return lp
+
+    # ------------------------------------------------------------------ sample mode
+    def _generate(
+        self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int
+    ) -> list[list[str]]:
+        """n sampled continuations per prompt (left-padded batches), decoded without special tokens."""
+        import torch
+
+        texts: list[list[str]] = []
+        per_batch = max(1, self.batch_size // max(n, 1))
+        for start in range(0, len(prompts), per_batch):
+            chunk = prompts[start : start + per_batch]
+            width = max(len(p) for p in chunk)
+            inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, p in enumerate(chunk):
+                inp[r, width - len(p) :] = torch.as_tensor(p)
+                mask[r, width - len(p) :] = 1
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    input_ids=inp.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    do_sample=True,
+                    temperature=float(temperature),
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=n,
+                    pad_token_id=self.pad_id,
+                )
+            new = gen[:, width:].cpu()
+            dec = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            texts.extend(dec[r * n : (r + 1) * n] for r in range(len(chunk)))
+        return texts
+
+    def sample(
+        self,
+        prompts: list[str],
+        k: int,
+        temperature: float,
+        allowed: list[str] | tuple[str, ...],
+        seed: int = 0,
+        max_new_tokens: int = 4,
+        max_retries: int = 2,
+    ) -> list[SampleResult]:
+        """k answers per prompt at `temperature`, each exactly one of `allowed` or counted as a failure."""
+        import torch
+
+        if temperature <= 0:
+            raise ValueError(
+                f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
+            )
+        if not allowed:
+            raise ValueError("sample mode needs at least one allowed answer")
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        enc = [self.encode(p) for p in prompts]
+        raw = self._generate(enc, k, temperature, max_new_tokens)
+        results = [
+            SampleResult(answers=[parse_answer(t, allowed) for t in texts], raw=list(texts)) for texts in raw
+        ]
+        for _ in range(max_retries):
+            todo = [(i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None]
+            if not todo:
+                break
+            again = self._generate([enc[i] for i, _ in todo], 1, temperature, max_new_tokens)
+            for (i, s), texts in zip(todo, again, strict=True):
+                results[i].n_retries += 1
+                results[i].raw[s] = texts[0]
+                results[i].answers[s] = parse_answer(texts[0], allowed)
+        for res in results:
+            res.n_failed = sum(a is None for a in res.answers)
+            self.stats.sample_retries += res.n_retries
+            self.stats.sample_failures += res.n_failed
+        self.stats.samples += len(prompts) * k
+        self.stats.seconds += time.perf_counter() - t0
+        return results
