@@ -93,6 +93,29 @@ def parse_answer(text: str, allowed: list[str] | tuple[str, ...]) -> str | None:
     return s if s in set(allowed) else None
 
 
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of rendered prompt text (the chat template already holds the special tokens)."""
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
+def answer_token_ids(tokenizer, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
+    """The id of each answer as the next token after `prompt`; each must be exactly one token there."""
+    base = encode(tokenizer, prompt)
+    ids = []
+    for a in answers:
+        full = encode(tokenizer, prompt + a)
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            pieces = tokenizer.convert_ids_to_tokens(full[max(len(base) - 1, 0) :])
+            raise AnswerTokenError(
+                f"answer {a!r} is not one token after the prompt's end (got {pieces}): use single-token "
+                "answers placed right after the assistant turn starts (e.g. 'Yes'/'No', 'A'..'J', '1'..'9')"
+            )
+        ids.append(full[-1])
+    if len(set(ids)) != len(ids):
+        raise AnswerTokenError(f"answers {list(answers)} map to repeated token ids {ids}")
+    return ids
+
+
 def _torch_dtype(name: str):
     import torch
 
@@ -162,24 +185,11 @@ class HFEngine:
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return encode(self.tokenizer, text)
 
     def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
         """The id of each answer as the next token after `prompt`; each must be exactly one token."""
-        base = self.encode(prompt)
-        ids = []
-        for a in answers:
-            full = self.encode(prompt + a)
-            if len(full) != len(base) + 1 or full[: len(base)] != base:
-                pieces = self.tokenizer.convert_ids_to_tokens(full[len(base) - 1 :]) if base else full
-                raise AnswerTokenError(
-                    f"answer {a!r} is not one token after the prompt's end (got {pieces}): use single-token "
-                    "answers placed right after the assistant turn starts (e.g. 'Yes'/'No', 'A'..'J', '1'..'9')"
-                )
-            ids.append(full[-1])
-        if len(set(ids)) != len(ids):
-            raise AnswerTokenError(f"answers {list(answers)} map to repeated token ids {ids}")
-        return ids
+        return answer_token_ids(self.tokenizer, prompt, answers)
 
     # ------------------------------------------------------------------ forward passes
     def _project(self, hidden, ids: list[int]) -> np.ndarray:

@@ -1,0 +1,245 @@
+"""The `vllm` engine (optional extra `gpu`): the same interface as HFEngine on vLLM.
+
+- Prompts go in as token ids tokenized exactly as the hf engine does (rendered text, no added special
+  tokens), so both engines score the same sequences.
+- Prefix reuse is vLLM's automatic prefix caching (`enable_prefix_caching=True`): the episodes' shared
+  prefixes are computed once per cache block.
+- Score mode asks for one token with the answer tokens as the only allowed ones and their log-probabilities
+  returned after that restriction (`logprobs_mode="processed_logprobs"`): the top-k then holds exactly the
+  answer tokens, and differences of log-probabilities (the utility) and the log-softmax over the labels are
+  those of the raw logits. The values are renormalised over the answers here, so the result is the same if
+  a vLLM version returns raw log-probabilities, as long as the answers are among the returned ones.
+- Sample mode uses structured outputs (`StructuredOutputsParams(choice=allowed)`, or the older
+  `GuidedDecodingParams`), parses with the same strict grammar and counts retries and failures.
+- A LoRA adapter is served without merging through `LoRARequest`.
+
+vllm is imported in `__init__` only: importing this module never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resources.hf_engine import EngineStats, SampleResult, answer_token_ids, encode, parse_answer
+
+log = logging.getLogger(__name__)
+
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_rank(adapter_path: str) -> int:
+    """The smallest rank vLLM accepts that holds the adapter's r."""
+    cfg = json.loads(Path(adapter_path, "adapter_config.json").read_text())
+    r = int(cfg.get("r", 16))
+    return next((x for x in _LORA_RANKS if x >= r), r)
+
+
+def _restricted_logsoftmax(values: np.ndarray) -> np.ndarray:
+    m = values.max(axis=1, keepdims=True)
+    return values - m - np.log(np.exp(values - m).sum(axis=1, keepdims=True))
+
+
+class VLLMEngine:
+    """vLLM inference with the HFEngine interface (see the module docstring)."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path = "default",
+        adapter_path: str | Path | None = None,
+        dtype: str = "float32",
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        **llm_kwargs: Any,
+    ):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as err:
+            raise ImportError(
+                "backend 'vllm' needs vLLM and a CUDA GPU: pip install -e '.[gpu]' (or use backend='hf')"
+            ) from err
+        from transformers import AutoTokenizer
+
+        from resources.models import resolve_model
+
+        self._SamplingParams = SamplingParams
+        self.model_path = resolve_model(str(model_path))
+        self.adapter_path = str(adapter_path) if adapter_path else None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        kwargs: dict[str, Any] = dict(
+            model=str(self.model_path),
+            tokenizer=str(self.model_path),
+            enable_prefix_caching=True,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_logprobs=64,
+            logprobs_mode="processed_logprobs",
+        )
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        self.lora = None
+        if self.adapter_path:
+            from vllm.lora.request import LoRARequest
+
+            kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(self.adapter_path))
+            self.lora = LoRARequest("adapter", 1, self.adapter_path)
+        kwargs.update(llm_kwargs)
+        self.llm = LLM(**kwargs)
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ helpers
+    def encode(self, text: str) -> list[int]:
+        return encode(self.tokenizer, text)
+
+    def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
+        return answer_token_ids(self.tokenizer, prompt, answers)
+
+    def _generate(self, seqs: list[list[int]], params: Any, progress: bool = True) -> list[Any]:
+        prompts = [{"prompt_token_ids": s} for s in seqs]
+        return self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=progress)
+
+    def _answer_logprobs(self, seqs: list[list[int]], ids: list[int], progress: bool = True) -> np.ndarray:
+        """(n, len(ids)) log-softmax over `ids` at the position after each sequence."""
+        params = self._SamplingParams(
+            max_tokens=1, temperature=1.0, seed=0, logprobs=len(ids), allowed_token_ids=list(ids)
+        )
+        outs = self._generate(seqs, params, progress)
+        vals = np.zeros((len(seqs), len(ids)))
+        for r, out in enumerate(outs):
+            step = out.outputs[0].logprobs[0]
+            missing = [i for i in ids if i not in step]
+            if missing:
+                raise RuntimeError(
+                    f"vLLM returned no log-probability for answer token ids {missing}: this vLLM version "
+                    "does not apply allowed_token_ids before logprobs; use backend 'hf' for score mode"
+                )
+            vals[r] = [step[i].logprob for i in ids]
+        self.stats.tokens += sum(len(s) for s in seqs)
+        return _restricted_logsoftmax(vals)
+
+    # ------------------------------------------------------------------ score mode
+    def score_options(
+        self,
+        prefix: str,
+        suffixes: list[str],
+        answers: tuple[str, str] | list[str] = ("Yes", "No"),
+        prefix_reuse: bool | None = None,
+    ) -> np.ndarray:
+        """Utility log P(answers[0]) - log P(answers[1]) of each suffix after the shared prefix."""
+        return self.score_many([(prefix, suffixes)], answers=answers, progress=False)[0]
+
+    def score_many(
+        self,
+        items: list[tuple[str, list[str]]],
+        answers: tuple[str, str] | list[str] = ("Yes", "No"),
+        prefix_reuse: bool | None = None,
+        progress: bool | None = True,
+    ) -> list[np.ndarray]:
+        """Utilities for many episodes; vLLM's prefix cache shares each episode's prefix."""
+        if len(answers) != 2:
+            raise ValueError(
+                f"score mode needs exactly two answers (positive, negative), got {list(answers)}"
+            )
+        first = next(((p, s) for p, ss in items for s in ss), None)
+        if first is None:
+            return [np.zeros(0) for _ in items]
+        t0 = time.perf_counter()
+        ids = self.answer_token_ids(first[0] + first[1], answers)
+        seqs, where = [], []
+        for it, (prefix, suffixes) in enumerate(items):
+            for j, s in enumerate(suffixes):
+                seqs.append(self.encode(prefix + s))
+                where.append((it, j))
+        lp = self._answer_logprobs(seqs, ids, progress=bool(progress))
+        results = [np.zeros(len(ss)) for _, ss in items]
+        for (it, j), row in zip(where, lp, strict=True):
+            results[it][j] = row[0] - row[1]
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.decisions += sum(1 for _, ss in items if ss)
+        self.stats.options += len(seqs)
+        return results
+
+    def label_logprobs(self, prompts: list[str], labels: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(n, len(labels)) log-softmax over the label tokens only, at each prompt's answer position."""
+        if not prompts:
+            return np.zeros((0, len(labels)))
+        t0 = time.perf_counter()
+        ids = self.answer_token_ids(prompts[0], labels)
+        lp = self._answer_logprobs([self.encode(p) for p in prompts], ids)
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.decisions += len(prompts)
+        self.stats.options += len(prompts) * len(labels)
+        return lp
+
+    # ------------------------------------------------------------------ sample mode
+    def _choice(self, allowed: list[str]) -> dict[str, Any]:
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            return {"structured_outputs": StructuredOutputsParams(choice=list(allowed))}
+        except ImportError:  # vLLM before structured_outputs replaced guided_decoding
+            from vllm.sampling_params import GuidedDecodingParams
+
+            return {"guided_decoding": GuidedDecodingParams(choice=list(allowed))}
+
+    def sample(
+        self,
+        prompts: list[str],
+        k: int,
+        temperature: float,
+        allowed: list[str] | tuple[str, ...],
+        seed: int = 0,
+        max_new_tokens: int = 4,
+        max_retries: int = 2,
+    ) -> list[SampleResult]:
+        """k answers per prompt under structured outputs; unparseable ones retried and counted."""
+        if temperature <= 0:
+            raise ValueError(
+                f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
+            )
+        if not allowed:
+            raise ValueError("sample mode needs at least one allowed answer")
+        t0 = time.perf_counter()
+        choice = self._choice(list(allowed))
+        seqs = [self.encode(p) for p in prompts]
+        params = self._SamplingParams(
+            n=k, temperature=float(temperature), seed=seed, max_tokens=max_new_tokens, **choice
+        )
+        outs = self._generate(seqs, params)
+        results = []
+        for out in outs:
+            texts = [c.text for c in out.outputs]
+            results.append(SampleResult(answers=[parse_answer(t, allowed) for t in texts], raw=texts))
+        for attempt in range(1, max_retries + 1):
+            todo = [(i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None]
+            if not todo:
+                break
+            again = self._SamplingParams(
+                n=1,
+                temperature=float(temperature),
+                seed=seed + 7919 * attempt,
+                max_tokens=max_new_tokens,
+                **choice,
+            )
+            outs = self._generate([seqs[i] for i, _ in todo], again, progress=False)
+            for (i, s), out in zip(todo, outs, strict=True):
+                text = out.outputs[0].text
+                results[i].n_retries += 1
+                results[i].raw[s] = text
+                results[i].answers[s] = parse_answer(text, allowed)
+        for res in results:
+            res.n_failed = sum(a is None for a in res.answers)
+            self.stats.sample_retries += res.n_retries
+            self.stats.sample_failures += res.n_failed
+        self.stats.samples += len(prompts) * k
+        self.stats.seconds += time.perf_counter() - t0
+        return results
