@@ -463,4 +463,4 @@ def listwise_prompt(
 # Token budgets (SmolLM2 tokenizer) that tests/test_prompts.py holds the templates to, with every field
 # at its length cap. Measured on 2,000 Complete Journey train episodes: prefix mean 149 (max 170), utility
 # suffix mean 78 (max 108), listwise prompt mean 665 (max 910).
-TOKEN_BUDGETS = {"prefix": 200, "utility_suffix": 140, "listwise": 1000}
+TOKEN_BUDGETS = {"prefix": 240, "utility_suffix": 160, "listwise": 1000}
