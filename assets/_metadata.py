@@ -94,9 +94,50 @@ def data_version(conn) -> str:
 
 def lineage(context: dg.AssetExecutionContext, conn) -> dict[str, str]:
     """Tags that tie a figure to its Dagster run, code and data versions (also used as MLflow tags)."""
+    keys = sorted(k.to_user_string() for k in context.selected_asset_keys)
     return {
         "dagster_run_id": context.run.run_id,
-        "dagster_asset": context.asset_key.to_user_string(),
+        "dagster_asset": ",".join(keys),
         "code_version": code_version(),
         "data_version": data_version(conn),
+    }
+
+
+def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
+    """The plain numbers of a metadata dict (MetadataValue ints/floats included), for MLflow metrics."""
+    out: dict[str, float] = {}
+    for key, value in metadata.items():
+        raw = getattr(value, "value", value)
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            continue
+        out["".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)] = float(raw)
+    return out
+
+
+def log_asset_run(
+    mlflow,
+    context: dg.AssetExecutionContext,
+    conn,
+    metadata: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    artifacts: list[str | Path] = (),
+) -> dict[str, Any]:
+    """Log one asset's materialization to MLflow (its numeric metadata as metrics, its config as params,
+    lineage as tags) and return the metadata that links the Dagster event to that MLflow run."""
+    import mlflow as mlflow_lib
+
+    tags = lineage(context, conn)
+    with mlflow.start_run(run_name=tags["dagster_asset"], tags=tags) as run:
+        if params:
+            mlflow_lib.log_params({k: str(v)[:500] for k, v in params.items()})
+        numbers = _numeric(metadata)
+        if numbers:
+            mlflow_lib.log_metrics(numbers)
+        for path in artifacts:
+            mlflow_lib.log_artifact(str(path))
+    return {
+        "mlflow_run_id": dg.MetadataValue.text(run.info.run_id),
+        "mlflow_run_url": dg.MetadataValue.url(mlflow.run_url(run)),
+        "code_version": dg.MetadataValue.text(tags["code_version"]),
+        "data_version": dg.MetadataValue.text(tags["data_version"]),
     }

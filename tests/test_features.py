@@ -463,14 +463,14 @@ def test_style_recovers_price_sensitivity_ranking():
 # ----------------------------------------------------------------------------- Dagster
 
 
-def test_materialize_features_assets(tmp_path):
+def test_materialize_features_assets(tmp_path, mlflow_resource):
     from dagster_duckdb import DuckDBResource
 
     path = tmp_path / "w.duckdb"
     make_warehouse(path)
     result = dg.materialize(
         [decision_episodes, option_features, episode_splits, customer_style_params],
-        resources={"duckdb": DuckDBResource(database=str(path))},
+        resources={"duckdb": DuckDBResource(database=str(path)), "mlflow": mlflow_resource},
         run_config=dg.RunConfig(
             {
                 "decision_episodes": DecisionEpisodesConfig(memory_limit="1GB"),
@@ -641,3 +641,25 @@ def test_empty_warehouse_builds_empty_tables(tmp_path):
     ):
         assert fn(conn)[0]
     conn.close()
+
+
+def test_feature_assets_log_lineage_to_mlflow(tmp_path, mlflow_resource):
+    """Every feature asset's materialization names an MLflow run that carries the Dagster run id."""
+    import mlflow
+    from dagster_duckdb import DuckDBResource
+
+    path = tmp_path / "w.duckdb"
+    make_warehouse(path)
+    result = dg.materialize(
+        [decision_episodes, option_features, episode_splits],
+        resources={"duckdb": DuckDBResource(database=str(path)), "mlflow": mlflow_resource},
+        run_config=dg.RunConfig({"decision_episodes": DecisionEpisodesConfig(memory_limit="1GB")}),
+    )
+    assert result.success
+    mlflow.set_tracking_uri(mlflow_resource.tracking_uri)
+    for name in ("decision_episodes", "option_features", "episode_splits"):
+        md = result.asset_materializations_for_node(name)[0].metadata
+        run = mlflow.get_run(md["mlflow_run_id"].value)
+        assert run.data.tags["dagster_run_id"] == result.run_id
+        assert run.data.tags["dagster_asset"] == name
+        assert md["data_version"].value == run.data.tags["data_version"]

@@ -602,7 +602,7 @@ def test_check_ingest_counts_add_up(tmp_path, conn):
 # --------------------------------------------------------------------------- Dagster assets
 
 
-def test_materialize_ingest_assets_on_a_tiny_canonical_source(tmp_path, duckdb_resource):
+def test_materialize_ingest_assets_on_a_tiny_canonical_source(tmp_path, duckdb_resource, mlflow_resource):
     from assets.ingest import (
         IngestConfig,
         ingest,
@@ -616,7 +616,7 @@ def test_materialize_ingest_assets_on_a_tiny_canonical_source(tmp_path, duckdb_r
     canonical_source(landing / "shop", [TX_HEADER, *GOOD_TX, "t9,b9,2024-01-03 09:00:00,c1,p1,0,1,1,retail"])
     result = dg.materialize(
         [ingest, txn_ids_unique, ingest_counts_add_up, prices_non_negative, quantities_positive],
-        resources={"duckdb": duckdb_resource},
+        resources={"duckdb": duckdb_resource, "mlflow": mlflow_resource},
         run_config=dg.RunConfig({"ingest": IngestConfig(sources=[], landing_dir=str(landing))}),
     )
     assert result.success

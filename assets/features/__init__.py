@@ -8,8 +8,9 @@ import time
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets._metadata import table_metadata
+from assets._metadata import log_asset_run, table_metadata
 from assets.features import logic
+from resources.mlflow import MlflowResource
 
 
 def _table_meta(conn, table: str) -> dict:
@@ -33,7 +34,10 @@ class DecisionEpisodesConfig(dg.Config):
 
 @dg.asset(group_name="features", kinds={"duckdb", "sql"}, deps=["raw_transactions", "products"])
 def decision_episodes(
-    context: dg.AssetExecutionContext, config: DecisionEpisodesConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext,
+    config: DecisionEpisodesConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Decision episodes (one per retail basket x category) with their fixed choice sets and option
     prices, exactly per EVALUATION.md: tables decision_episodes, episode_options and the helper
@@ -50,16 +54,15 @@ def decision_episodes(
             log=context.log.info,
         )
         summary = logic.episode_summary(conn)
-        meta = _table_meta(conn, "decision_episodes")
-    context.log.info(f"decision_episodes: {summary}")
-    return dg.MaterializeResult(
-        metadata={
-            **meta,
+        metadata = {
+            **_table_meta(conn, "decision_episodes"),
             **summary,
             **_timings(timings),
             "seconds_total": round(time.perf_counter() - start, 3),
         }
-    )
+        metadata.update(log_asset_run(mlflow, context, conn, metadata, params=config.model_dump()))
+    context.log.info(f"decision_episodes: {summary}")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 class OptionFeaturesConfig(dg.Config):
@@ -70,7 +73,10 @@ class OptionFeaturesConfig(dg.Config):
 
 @dg.asset(group_name="features", kinds={"duckdb", "sql"}, deps=[decision_episodes])
 def option_features(
-    context: dg.AssetExecutionContext, config: OptionFeaturesConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext,
+    config: OptionFeaturesConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """One row per choice-set option: popularity, the customer's past purchases, discount, price against
     the set and the customer's reference price; history strictly before the episode's day only."""
@@ -80,17 +86,17 @@ def option_features(
         timings = logic.build_option_features(conn, config.history_days)
         meta = _table_meta(conn, "option_features")
         new_share = logic.scalar(conn, "select avg(is_new::double) from option_features")
-    context.log.info(
-        f"option_features: {meta['dagster/row_count'].value} rows in {sum(timings.values()):.1f}s"
-    )
-    return dg.MaterializeResult(
-        metadata={
+        metadata = {
             **meta,
             "share_new_options": float(new_share or 0.0),
             **_timings(timings),
             "seconds_total": round(time.perf_counter() - start, 3),
         }
+        metadata.update(log_asset_run(mlflow, context, conn, metadata, params=config.model_dump()))
+    context.log.info(
+        f"option_features: {meta['dagster/row_count'].value} rows in {sum(timings.values()):.1f}s"
     )
+    return dg.MaterializeResult(metadata=metadata)
 
 
 class EpisodeSplitsConfig(dg.Config):
@@ -106,7 +112,10 @@ class EpisodeSplitsConfig(dg.Config):
 
 @dg.asset(group_name="features", kinds={"duckdb", "sql"}, deps=[decision_episodes])
 def episode_splits(
-    context: dg.AssetExecutionContext, config: EpisodeSplitsConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext,
+    config: EpisodeSplitsConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Split of every episode by time (train / val / test) with the test_sparse, test_cold and test_new
     flags and use_for_fit (cold categories keep only their earliest train episodes)."""
@@ -121,11 +130,12 @@ def episode_splits(
             config.cold_fit_episodes,
         )
         splits = logic.split_summary(conn)
-        meta = _table_meta(conn, "episode_splits")
+        per_split = {f"episodes_{k}": v["episodes"] for k, v in splits.items()}
+        per_split.update({f"categories_{k}": v["categories"] for k, v in splits.items()})
+        metadata = {**_table_meta(conn, "episode_splits"), **per_split, **_timings(timings)}
+        metadata.update(log_asset_run(mlflow, context, conn, metadata, params=config.model_dump()))
     context.log.info(f"episode_splits: {splits}")
-    per_split = {f"episodes_{k}": v["episodes"] for k, v in splits.items()}
-    per_split.update({f"categories_{k}": v["categories"] for k, v in splits.items()})
-    return dg.MaterializeResult(metadata={**meta, **per_split, **_timings(timings)})
+    return dg.MaterializeResult(metadata=metadata)
 
 
 class CustomerStyleParamsConfig(dg.Config):
@@ -141,7 +151,10 @@ class CustomerStyleParamsConfig(dg.Config):
     deps=[option_features, episode_splits, "customers"],
 )
 def customer_style_params(
-    context: dg.AssetExecutionContext, config: CustomerStyleParamsConfig, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext,
+    config: CustomerStyleParamsConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Style parameters rho_i per customer (price, discount and loss-aversion sensitivities, brand loyalty,
     variety seeking, basket size) from fit episodes, shrunk towards the segment mean by empirical Bayes."""
@@ -152,8 +165,9 @@ def customer_style_params(
         timings, fit = logic.build_customer_style_params(
             conn, config.seed, config.population_sample_episodes, log=context.log.info
         )
-        meta = _table_meta(conn, "customer_style_params")
-    return dg.MaterializeResult(metadata={**meta, **style_metadata(fit), **_timings(timings)})
+        metadata = {**_table_meta(conn, "customer_style_params"), **style_metadata(fit), **_timings(timings)}
+        metadata.update(log_asset_run(mlflow, context, conn, metadata, params=config.model_dump()))
+    return dg.MaterializeResult(metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- checks (facts)

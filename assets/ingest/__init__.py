@@ -6,8 +6,9 @@ Thin Dagster wiring; the work is in `assets/ingest/logic.py` (and the mapping fo
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets._metadata import data_version, table_metadata
+from assets._metadata import data_version, log_asset_run, table_metadata
 from assets.ingest import logic
+from resources.mlflow import MlflowResource
 
 GROUP = "ingest"
 ASSET_OF_TABLE = {"transactions": "raw_transactions", "products": "products", "customers": "customers"}
@@ -36,7 +37,9 @@ class IngestConfig(dg.Config):
         dg.AssetSpec(k, group_name=GROUP, kinds={"duckdb"}, description=d) for k, d in DESCRIPTIONS.items()
     ],
 )
-def ingest(context: dg.AssetExecutionContext, config: IngestConfig, duckdb: DuckDBResource):
+def ingest(
+    context: dg.AssetExecutionContext, config: IngestConfig, duckdb: DuckDBResource, mlflow: MlflowResource
+):
     """Ingest the configured sources (and the landing folder's mappings) file by file into DuckDB."""
     mappings = [logic.load_mapping(s) for s in config.sources]
     if config.landing_dir:
@@ -48,13 +51,15 @@ def ingest(context: dg.AssetExecutionContext, config: IngestConfig, duckdb: Duck
             context.log.info(f"ingesting source {mapping.name} ({mapping.label})")
             reports += logic.ingest_source(conn, mapping, progress=True, log=context.log)
         version = data_version(conn)
+        totals = logic.run_metadata(reports, None)
+        tracking = log_asset_run(mlflow, context, conn, totals, params=config.model_dump())
         for asset in DESCRIPTIONS:
             run_meta = logic.run_metadata(reports, None if asset == "quarantined_rows" else asset)
             sample, n = logic.table_sample(conn, asset)
             metadata = {
                 **table_metadata(sample, row_count=n),
                 **{k: (dg.MetadataValue.md(v) if k.endswith("_md") else v) for k, v in run_meta.items()},
-                "data_version": version,
+                **tracking,
             }
             yield dg.MaterializeResult(
                 asset_key=asset, metadata=metadata, data_version=dg.DataVersion(version)
