@@ -15,7 +15,7 @@ from pipelines.env import set_offline_env
 
 set_offline_env()
 
-from assets import evaluation, features, ingest  # noqa: E402
+from assets import evaluation, features, ingest, prompts  # noqa: E402
 from assets.ingest import synth_asset  # noqa: E402
 from pipelines.jobs import JOBS  # noqa: E402
 from pipelines.schedules import SCHEDULES  # noqa: E402
@@ -23,7 +23,7 @@ from pipelines.sensors import SENSORS  # noqa: E402
 from resources.duckdb import warehouse  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
 
-STAGE_MODULES = [ingest, synth_asset, features, evaluation]
+STAGE_MODULES = [ingest, synth_asset, features, prompts, evaluation]
 
 
 def _mlflow() -> MlflowResource:

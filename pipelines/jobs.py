@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-STAGES = ["ingest", "features", "evaluation"]  # in DAG order; later issues append their stages
+STAGES = ["ingest", "features", "prompts", "evaluation"]  # in DAG order; later issues append their stages
 
 # The synthetic market writes files for tests and demos; it is never part of the main job.
 SYNTHETIC = dg.AssetSelection.assets("synthetic_market")
@@ -17,6 +17,11 @@ features_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("features"),
     description="Decision episodes, option features, splits and customer style parameters.",
 )
+prompts_job = dg.define_asset_job(
+    "prompts_job",
+    selection=dg.AssetSelection.groups("prompts"),
+    description="Prompt/completion pairs (utility and listwise forms) from train episodes; val/test prompts.",
+)
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
     selection=dg.AssetSelection.groups("evaluation"),
@@ -25,7 +30,7 @@ evaluation_job = dg.define_asset_job(
 main_job = dg.define_asset_job(
     "main_job",
     selection=dg.AssetSelection.groups(*STAGES) - SYNTHETIC,
-    description="The whole pipeline end to end: ingest -> features -> evaluation.",
+    description="The whole pipeline end to end: ingest -> features -> prompts -> evaluation.",
 )
 synthetic_market_job = dg.define_asset_job(
     "synthetic_market_job",
@@ -33,4 +38,4 @@ synthetic_market_job = dg.define_asset_job(
     description="Draw a synthetic market with known ground truth into the landing folder.",
 )
 
-JOBS = [ingest_job, features_job, evaluation_job, main_job, synthetic_market_job]
+JOBS = [ingest_job, features_job, prompts_job, evaluation_job, main_job, synthetic_market_job]

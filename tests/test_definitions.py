@@ -18,6 +18,7 @@ EXPECTED_ASSETS = {
     "option_features",
     "episode_splits",
     "customer_style_params",
+    "sft_prompt_dataset",
     "baseline_report",
 }
 
@@ -40,7 +41,7 @@ def test_every_asset_has_group_and_description():
 
 def test_every_job_resolves():
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
-    assert {"ingest_job", "features_job", "evaluation_job", "main_job"} <= set(jobs)
+    assert {"ingest_job", "features_job", "prompts_job", "evaluation_job", "main_job"} <= set(jobs)
     main_nodes = {n for n in jobs["main_job"].graph.node_dict}
     assert "synthetic_market" not in main_nodes
 
