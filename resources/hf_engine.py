@@ -175,6 +175,12 @@ class HFEngine:
             model = PeftModel.from_pretrained(model, self.adapter_path).merge_and_unload()
         self.model = model.to(self.device).eval()
         self.decoder = self.model.base_model
+        import inspect
+
+        # transformers 5.24 renamed the decoder's `past_key_values` argument and output to `cache`
+        self._cache_arg = (
+            "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        )
         head = self.model.get_output_embeddings()
         self._head_w = head.weight
         self._head_b = getattr(head, "bias", None)
@@ -262,9 +268,11 @@ class HFEngine:
                     pmask[r, : plens[r]] = 1
                 ppos = torch.arange(pw).unsqueeze(0).expand(len(chunk_items), -1)
                 pmask = pmask.to(dev)
-                pcache = self.decoder(
+                pout = self.decoder(
                     input_ids=pin.to(dev), attention_mask=pmask, position_ids=ppos.to(dev), use_cache=True
-                ).cache
+                )
+                pcache = getattr(pout, "cache", None) or pout.past_key_values
+                del pout
                 kv = [(layer.keys, layer.values) for layer in pcache.layers]
                 del pcache
                 self.stats.tokens += sum(plens)
@@ -301,8 +309,8 @@ class HFEngine:
                         input_ids=sin.to(dev),
                         attention_mask=mask,
                         position_ids=spos.to(dev),
-                        cache=cache,
                         use_cache=True,
+                        **{self._cache_arg: cache},
                     ).last_hidden_state
                     del cache, layers
                     last = torch.as_tensor(slens, device=dev) - 1
@@ -471,21 +479,25 @@ class HFEngine:
         if not allowed:
             raise ValueError("sample mode needs at least one allowed answer")
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
         enc = [self.encode(p) for p in prompts]
-        raw = self._generate(enc, k, temperature, max_new_tokens)
-        results = [
-            SampleResult(answers=[parse_answer(t, allowed) for t in texts], raw=list(texts)) for texts in raw
-        ]
-        for _ in range(max_retries):
-            todo = [(i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None]
-            if not todo:
-                break
-            again = self._generate([enc[i] for i, _ in todo], 1, temperature, max_new_tokens)
-            for (i, s), texts in zip(todo, again, strict=True):
-                results[i].n_retries += 1
-                results[i].raw[s] = texts[0]
-                results[i].answers[s] = parse_answer(texts[0], allowed)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the seed governs these samples only, not the caller's RNG
+            torch.manual_seed(seed)
+            raw = self._generate(enc, k, temperature, max_new_tokens)
+            results = [
+                SampleResult(answers=[parse_answer(t, allowed) for t in ts], raw=list(ts)) for ts in raw
+            ]
+            for _ in range(max_retries):
+                todo = [
+                    (i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None
+                ]
+                if not todo:
+                    break
+                again = self._generate([enc[i] for i, _ in todo], 1, temperature, max_new_tokens)
+                for (i, s), texts in zip(todo, again, strict=True):
+                    results[i].n_retries += 1
+                    results[i].raw[s] = texts[0]
+                    results[i].answers[s] = parse_answer(texts[0], allowed)
         for res in results:
             res.n_failed = sum(a is None for a in res.answers)
             self.stats.sample_retries += res.n_retries

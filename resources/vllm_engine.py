@@ -93,7 +93,16 @@ class VLLMEngine:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(self.adapter_path))
             self.lora = LoRARequest("adapter", 1, self.adapter_path)
         kwargs.update(llm_kwargs)
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except TypeError as err:  # a vLLM without logprobs_mode: raw log-probabilities, renormalised below
+            if "logprobs_mode" not in str(err):
+                raise
+            kwargs.pop("logprobs_mode")
+            log.warning(
+                "this vLLM has no logprobs_mode; answer tokens must be in the top %d", kwargs["max_logprobs"]
+            )
+            self.llm = LLM(**kwargs)
         self.stats = EngineStats()
 
     # ------------------------------------------------------------------ helpers

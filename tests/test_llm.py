@@ -322,3 +322,16 @@ def test_default_model_converts_and_scores():
     assert u.shape == (2,) and np.isfinite(u).all()
     ref = _ref_utilities(engine, prompt[:split], [prompt[split:]])
     assert abs(u[0] - ref[0]) < 1e-3
+
+
+def test_sample_mode_seeded_and_leaves_global_rng_alone(engine):
+    import torch
+
+    prompts = [SYSTEM + OPTIONS[0], OTHER + OPTIONS[2]]
+    torch.manual_seed(99)
+    expected_next = torch.rand(1)
+    torch.manual_seed(99)
+    a = engine.sample(prompts, k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
+    b = engine.sample(prompts, k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0)
+    assert [r.raw for r in a] == [r.raw for r in b]
