@@ -1,0 +1,106 @@
+"""Alignment stage: LoRA post-training of the retail agent on the prompt dataset (trl SFTTrainer + peft).
+
+Thin Dagster wiring; training, the loss curve and the MLflow registry in logic.py, SQL in sql/alignment/.
+"""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from assets._metadata import artifact_metadata, lineage, table_metadata
+from assets.alignment import logic
+from resources.mlflow import MlflowResource
+from resources.paths import data_dir
+
+
+class LoraAdapterConfig(dg.Config):
+    base_model: str = "default"  # "default" (SmolLM2-135M-Instruct), a local model folder or a HF id
+    lora_r: int = 16  # LoRA rank (NOTES: r=16 learnt the yes/no form in 12 minutes)
+    lora_alpha: int = 32  # LoRA scale numerator (scale alpha/r = 2)
+    lora_dropout: float = 0.05  # dropout on the LoRA input path
+    top_layers: int = 8  # LoRA on the top N layers only (layers_to_transform); 0 = all layers
+    target_modules: list[str] = list(logic.LLAMA_PROJECTIONS)  # all linear projections of a layer
+    learning_rate: float = 5e-4  # AdamW learning rate (NOTES: 5e-4 with batch 16)
+    batch_size: int = 16  # examples per optimizer step
+    max_minutes: float = 12.0  # training loop budget: the quick profile trains at most 15 min on 2 cores
+    max_steps: int = 0  # hard cap on optimizer steps; 0 = only the time budget and one epoch
+    max_train_examples: int = 0  # training rows drawn (seeded); 0 = all rows of the chosen forms
+    eval_examples: int = 200  # val rows for the eval loss before and after training
+    bf16_autocast: bool = True  # bf16 autocast for training (NOTES: ~2.4x faster than fp32 on CPU)
+    forms: list[str] = ["utility"]  # forms trained on; listwise learnt nothing useful on CPU (NOTES)
+    listwise_share: float = 0.25  # share of listwise/quantity rows when forms include them with utility
+    max_length: int = 512  # tokens per example (longer ones lose their start; prompts are ~120-320)
+    num_threads: int = 2  # torch CPU threads (2 cores here); 0 = torch's default
+    seed: int = 0  # seed of the row sample, the LoRA init and the shuffling
+    registered_model: str = logic.REGISTERED_MODEL  # MLflow model registry name
+
+
+@dg.asset(group_name="alignment", kinds={"python", "pytorch", "mlflow"}, deps=["sft_prompt_dataset"])
+def lora_adapter(
+    context: dg.AssetExecutionContext,
+    config: LoraAdapterConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """A LoRA adapter of the retail agent trained on the latest prompt dataset (loss on the answer only, top
+    layers, time budget), saved under data/adapters/<run_id>/, logged and registered in the MLflow model
+    registry, and indexed in the DuckDB table lora_adapters."""
+    from resources.models import resolve_model
+
+    cfg = logic.LoraTrainSettings(
+        **{k: v for k, v in config.model_dump().items() if k in logic.LoraTrainSettings.__dataclass_fields__}
+    )
+    cfg.target_modules = tuple(config.target_modules)
+    with duckdb.get_connection() as conn:
+        files = logic.latest_prompt_files(conn)
+        tags = lineage(context, conn)
+    train, evals = logic.dataset_rows(
+        files,
+        config.forms,
+        config.listwise_share,
+        config.max_train_examples,
+        config.eval_examples,
+        config.seed,
+    )
+    context.log.info(f"lora_adapter: {train.height} train rows, {evals.height} eval rows ({files['run_id']})")
+    model_path = str(resolve_model(config.base_model))
+    out_dir = data_dir() / "adapters" / context.run.run_id
+    result = logic.train_lora(model_path, train, evals, cfg, out_dir, log=context.log.info)
+    png = logic.loss_curve_png(result, out_dir.parent / f"{context.run.run_id}_loss_curve.png")
+    tags |= {
+        "base_model": config.base_model,
+        "base_model_path": model_path,
+        "dataset_run_id": files["run_id"],
+    }
+    with mlflow.start_run(run_name="lora_adapter", tags=tags) as run:
+        import mlflow as mlf
+
+        mlf.log_params({k: str(v)[:500] for k, v in config.model_dump().items()})
+        for point in result.loss_history:
+            mlf.log_metric("train_loss_curve", point["loss"], step=int(point["step"]))
+        mlf.log_metrics(logic.finite(result.metrics()))
+        mlf.log_artifact(str(png))
+        model_uri, version = logic.log_and_register_adapter(out_dir, model_path, config.registered_model)
+    row = logic.adapter_row(context.run.run_id, run.info.run_id, version, result, config.base_model, files)
+    with duckdb.get_connection() as conn:
+        logic.write_adapter_row(conn, row)
+        table = conn.sql("select * from lora_adapters order by created_at desc").pl()
+    weights = artifact_metadata(logic.adapter_weights_file(out_dir))
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(table),
+            **logic.finite(result.metrics()),
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_url": dg.MetadataValue.url(mlflow.run_url(run)),
+            "base_model": config.base_model,
+            "dataset_run_id": files["run_id"],
+            "registered_model": f"{config.registered_model} v{version}",
+            "model_uri": model_uri,
+            "adapter_path": dg.MetadataValue.path(str(out_dir)),
+            "adapter_sha256": weights["sha256"],
+            "adapter_size_bytes": weights["size_bytes"],
+            "loss_curve": dg.MetadataValue.md(logic.png_markdown(png)),
+        }
+    )
+
+
+ALIGNMENT_ASSETS = [lora_adapter]

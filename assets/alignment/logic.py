@@ -1,0 +1,565 @@
+"""LoRA post-training of the retail agent: trl's SFTTrainer + peft on prompt/completion pairs. No dagster import.
+
+Recipe (NOTES.md, "Post-training the 135M model on CPU"): the pointwise yes/no form, LoRA on all projections of
+the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer token only, a wall-clock
+budget. `train_lora` reads like trl's `scripts/sft.py`: load data -> build trainer -> train -> save.
+
+Heavy libraries (torch, transformers, peft, trl, mlflow, matplotlib) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from resources.sql import load_sql
+
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REGISTERED_MODEL = "malles-lora-adapter"
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class LoraTrainSettings:
+    """Every knob of one LoRA training run (the asset's LoraAdapterConfig maps onto it)."""
+
+    lora_r: int = 16  # rank of the LoRA matrices
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA input path
+    top_layers: int = 8  # LoRA on the top N decoder layers only; 0 (or >= the model's layers) = all layers
+    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS  # which linear modules of a layer get LoRA
+    learning_rate: float = 5e-4  # AdamW learning rate
+    lr_scheduler: str = (
+        "constant_with_warmup"  # the time budget decides the steps, so no decay to a fixed end
+    )
+    warmup_steps: int = 5  # linear warmup steps
+    batch_size: int = 16  # examples per optimizer step
+    epochs: float = 1.0  # passes over the training rows (the time budget usually stops earlier)
+    max_steps: int = 0  # hard cap on optimizer steps; 0 = none
+    max_minutes: float = 12.0  # wall-clock budget of the training loop (evaluation excluded)
+    max_length: int = 512  # tokens per example; longer ones are truncated from the start (keep the answer)
+    bf16_autocast: bool = True  # bf16 autocast (CPU or GPU) where the device supports it
+    logging_steps: int = 5  # steps between two points of the loss curve
+    seed: int = 0  # seed of the LoRA init, the shuffling and the dropout
+    num_threads: int = 2  # torch CPU threads (this machine has 2 cores); 0 = torch's default
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    train_loss: float  # mean training loss over the last logging window (nan without steps)
+    eval_loss: float  # loss on the eval rows after training (nan without eval rows)
+    eval_loss_before: float  # the same before training
+    loss_history: list[dict[str, float]] = field(default_factory=list)  # {step, examples, loss, elapsed_s}
+    examples_per_sec: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+    seconds: float = 0.0  # training loop wall time (evaluation excluded)
+    steps: int = 0
+    examples_seen: int = 0
+    stopped_by_time: bool = False
+    layers_to_transform: list[int] | None = None
+    device: str = "cpu"
+    bf16: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        """Plain numbers for MLflow and Dagster metadata."""
+        keys = ("train_loss", "eval_loss", "eval_loss_before", "examples_per_sec", "seconds", "steps")
+        out = {k: float(getattr(self, k)) for k in keys}
+        out |= {
+            "trainable_params": float(self.trainable_params),
+            "total_params": float(self.total_params),
+            "examples_seen": float(self.examples_seen),
+            "stopped_by_time": float(self.stopped_by_time),
+        }
+        return out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def seeded_order(keys: list[str], seed: int) -> list[int]:
+    """Indices of keys in md5("{seed}|{key}") order: a deterministic shuffle that a subset keeps."""
+    digests = [hashlib.md5(f"{seed}|{k}".encode()).hexdigest() for k in keys]
+    return sorted(range(len(keys)), key=lambda i: digests[i])
+
+
+def _as_frame(rows: Any) -> pl.DataFrame:
+    if rows is None:
+        return pl.DataFrame(
+            {"prompt": [], "completion": []}, schema={"prompt": pl.Utf8, "completion": pl.Utf8}
+        )
+    df = rows if isinstance(rows, pl.DataFrame) else pl.from_arrow(rows)
+    missing = {"prompt", "completion"} - set(df.columns)
+    if missing:
+        raise ValueError(f"training rows lack the columns {sorted(missing)}: need prompt and completion")
+    return df.filter(
+        pl.col("prompt").is_not_null()
+        & pl.col("completion").is_not_null()
+        & (pl.col("prompt").str.len_chars() > 0)
+        & (pl.col("completion").str.len_chars() > 0)
+    )
+
+
+def _row_keys(df: pl.DataFrame) -> list[str]:
+    cols = [c for c in ("episode_id", "form", "product_id") if c in df.columns]
+    if not cols:
+        return [f"{i}|{p}" for i, p in enumerate(df["prompt"].to_list())]
+    return [
+        "|".join("" if v is None else str(v) for v in row) + f"|{i}"
+        for i, row in enumerate(df.select(cols).iter_rows())
+    ]
+
+
+def sample_rows(df: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
+    """At most n rows in a seeded order (n <= 0: all rows, still in that order)."""
+    df = _as_frame(df)
+    order = seeded_order(_row_keys(df), seed)
+    if n > 0:
+        order = order[:n]
+    return df[order] if order else df.head(0)
+
+
+def mix_forms(
+    utility: pl.DataFrame | None,
+    listwise: pl.DataFrame | None,
+    forms: list[str] | tuple[str, ...],
+    listwise_share: float,
+    n: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Training rows of the chosen forms: utility rows and listwise-file rows (forms 'listwise', 'quantity')
+    mixed so that a share `listwise_share` of the rows come from the listwise file when both are chosen.
+    n <= 0 takes every available row of the chosen forms (the share then caps the smaller side)."""
+    forms = set(forms)
+    util = _as_frame(utility)
+    if "form" in util.columns:
+        util = util.filter(pl.col("form").is_in(sorted(forms)))
+    lw = _as_frame(listwise)
+    if "form" in lw.columns:
+        lw = lw.filter(pl.col("form").is_in(sorted(forms & {"listwise", "quantity"})))
+    elif not forms & {"listwise", "quantity"}:
+        lw = lw.head(0)
+    if "utility" not in forms:
+        util = util.head(0)
+    share = min(max(listwise_share, 0.0), 1.0)
+    if util.height == 0 or lw.height == 0:
+        share = 1.0 if util.height == 0 else 0.0
+    if n <= 0:  # everything the share allows
+        if 0 < share < 1:
+            n = int(min(util.height / (1 - share), lw.height / share))
+        else:
+            n = lw.height if share == 1.0 else util.height
+    n_lw = min(lw.height, int(round(n * share)))
+    n_util = min(util.height, n - n_lw)
+    cols = ["prompt", "completion"] + [c for c in ("episode_id", "form", "product_id") if c in util.columns]
+    parts = [sample_rows(util, n_util, seed).select(cols)] if n_util > 0 else []
+    if n_lw > 0:
+        lw_s = sample_rows(lw, n_lw, seed)
+        parts.append(lw_s.select([c for c in cols if c in lw_s.columns]))
+    if not parts:
+        return util.head(0).select(["prompt", "completion"])
+    mixed = pl.concat(parts, how="diagonal_relaxed")
+    return sample_rows(mixed, 0, seed)
+
+
+def tokenize_pairs(tokenizer, df: pl.DataFrame, max_length: int) -> dict[str, list[list[int]]]:
+    """input_ids and completion_mask of each prompt/completion row, the way trl tokenizes a prompt/completion
+    pair (prompt and prompt+completion tokenized, the completion starts where they diverge) but WITHOUT an
+    appended EOS: the loss falls on the answer token(s) only. Rows longer than max_length lose their start."""
+    prompts = df["prompt"].to_list()
+    completions = df["completion"].to_list()
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    pc_ids = tokenizer([p + c for p, c in zip(prompts, completions, strict=True)], add_special_tokens=False)[
+        "input_ids"
+    ]
+    input_ids, masks = [], []
+    for p, pc in zip(p_ids, pc_ids, strict=True):
+        k = 0
+        while k < min(len(p), len(pc)) and p[k] == pc[k]:
+            k += 1
+        mask = [0] * k + [1] * (len(pc) - k)
+        if max_length and len(pc) > max_length:
+            pc, mask = pc[-max_length:], mask[-max_length:]
+        input_ids.append(list(pc))
+        masks.append(mask)
+    return {"input_ids": input_ids, "completion_mask": masks}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def pick_device() -> tuple[str, bool]:
+    """('cuda', bf16 supported) where a GPU is there, else ('cpu', True: CPU autocast supports bf16)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", bool(torch.cuda.is_bf16_supported())
+    return "cpu", True
+
+
+def layers_to_transform(n_layers: int, top_layers: int) -> list[int] | None:
+    """The indices of the top `top_layers` decoder layers; None (all layers) for 0 or >= n_layers."""
+    if top_layers <= 0 or top_layers >= n_layers:
+        return None
+    return list(range(n_layers - top_layers, n_layers))
+
+
+def lora_config(cfg: LoraTrainSettings, n_layers: int):
+    from peft import LoraConfig
+
+    layers = layers_to_transform(n_layers, cfg.top_layers)
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return int(trainable), int(total)
+
+
+def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log):
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stops training once the loop has run max_seconds; records the loss curve and the loop's time."""
+
+        def on_train_begin(self, args, st, control, **kw):
+            state["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, st, control, **kw):
+            elapsed = time.perf_counter() - state["t0"]
+            if max_seconds > 0 and elapsed >= max_seconds and not control.should_training_stop:
+                control.should_training_stop = True
+                state["stopped_by_time"] = True
+                log(f"time budget reached after {elapsed:.0f} s at step {st.global_step}: stopping")
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                point = {
+                    "step": float(st.global_step),
+                    "examples": float(min(st.global_step * args.per_device_train_batch_size, state["n"])),
+                    "loss": float(logs["loss"]),
+                    "elapsed_s": round(time.perf_counter() - state["t0"], 2),
+                }
+                state["history"].append(point)
+                log(f"step {st.global_step}: loss {point['loss']:.4f} ({point['elapsed_s']:.0f} s)")
+
+        def on_train_end(self, args, st, control, **kw):
+            state["seconds"] = time.perf_counter() - state["t0"]
+            state["steps"] = st.global_step
+
+    return TimeBudget()
+
+
+def build_trainer(
+    model_path: str | Path, train_rows, eval_rows, cfg: LoraTrainSettings, work_dir: Path, log: Log
+):
+    """The SFTTrainer (peft-wrapped model, pre-tokenized prompt/completion rows with completion masks) and the
+    bookkeeping dict its time-budget callback fills. Exposed for the tests (they inspect the collated batch)."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    device, bf16_ok = pick_device()
+    use_bf16 = bool(cfg.bf16_autocast and bf16_ok)
+    tok = AutoTokenizer.from_pretrained(str(model_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    n_layers = int(model.config.num_hidden_layers)
+    model = get_peft_model(model, lora_config(cfg, n_layers))
+    train_df, eval_df = _as_frame(train_rows), _as_frame(eval_rows)
+    train_ds = Dataset.from_dict(tokenize_pairs(tok, train_df, cfg.max_length))
+    eval_ds = Dataset.from_dict(tokenize_pairs(tok, eval_df, cfg.max_length)) if eval_df.height else None
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=use_bf16,
+        use_cpu=device == "cpu",
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    state: dict[str, Any] = {"history": [], "stopped_by_time": False, "n": len(train_ds) * cfg.epochs}
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        callbacks=[_time_budget_callback(cfg.max_minutes * 60.0, state, log)],
+    )
+    state.update(device=device, bf16=use_bf16, layers=layers_to_transform(n_layers, cfg.top_layers))
+    return trainer, state
+
+
+def train_lora(
+    model_path: str | Path,
+    train_rows,
+    eval_rows,
+    cfg: LoraTrainSettings,
+    out_dir: str | Path,
+    log: Log = _quiet,
+) -> TrainResult:
+    """Train a LoRA adapter on prompt/completion rows (loss on the completion only) within the time budget and
+    save it (adapter_config.json, adapter_model.safetensors, train_result.json) into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if _as_frame(train_rows).height == 0:
+        raise ValueError("no training rows: the prompt dataset has no rows of the chosen forms")
+    trainer, state = build_trainer(model_path, train_rows, eval_rows, cfg, out / "_trainer", log)
+    trainable, total = _count_params(trainer.model)
+    log(
+        f"LoRA r={cfg.lora_r} on layers {state['layers'] or 'all'}: {trainable:,} trainable of {total:,} "
+        f"({state['device']}, bf16={state['bf16']}, {len(trainer.train_dataset)} train rows)"
+    )
+    has_eval = trainer.eval_dataset is not None
+    eval_before = float(trainer.evaluate()["eval_loss"]) if has_eval else math.nan
+    trainer.train()
+    eval_after = float(trainer.evaluate()["eval_loss"]) if has_eval else math.nan
+    trainer.model.save_pretrained(str(out))
+    history = state["history"]
+    tail = history[-1:] if history else []
+    steps = int(state.get("steps", trainer.state.global_step))
+    seen = int(min(steps * cfg.batch_size, state["n"]))
+    seconds = float(state.get("seconds", 0.0))
+    result = TrainResult(
+        adapter_dir=str(out),
+        train_loss=float(tail[0]["loss"]) if tail else math.nan,
+        eval_loss=eval_after,
+        eval_loss_before=eval_before,
+        loss_history=history,
+        examples_per_sec=seen / seconds if seconds > 0 else 0.0,
+        trainable_params=trainable,
+        total_params=total,
+        seconds=seconds,
+        steps=steps,
+        examples_seen=seen,
+        stopped_by_time=bool(state["stopped_by_time"]),
+        layers_to_transform=state["layers"],
+        device=state["device"],
+        bf16=state["bf16"],
+    )
+    (out / "train_result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
+    _remove_tree(out / "_trainer")
+    log(
+        f"trained {seen} examples in {seconds:.0f} s ({result.examples_per_sec:.2f} ex/s): "
+        f"eval loss {eval_before:.4f} -> {eval_after:.4f}"
+    )
+    return result
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def adapter_weights_file(adapter_dir: str | Path) -> Path:
+    """The adapter's weights file (safetensors, or the .bin fallback)."""
+    d = Path(adapter_dir)
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (d / name).is_file():
+            return d / name
+    raise FileNotFoundError(f"no adapter weights in {d}")
+
+
+def loss_curve_png(result: TrainResult, path: str | Path, title: str = "LoRA training loss") -> Path:
+    """The training loss per logging step against examples seen, with the eval loss before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [p["examples"] for p in result.loss_history]
+    ys = [p["loss"] for p in result.loss_history]
+    ax.plot(xs, ys, marker=".", label="train loss (completion tokens)")
+    end = max(xs) if xs else float(result.examples_seen)
+    for x, y, lab in ((0.0, result.eval_loss_before, "eval before"), (end, result.eval_loss, "eval after")):
+        if not math.isnan(y):
+            ax.scatter([x], [y], marker="s", s=40, label=f"{lab}: {y:.3f}", zorder=3)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(f"{title} ({result.examples_per_sec:.2f} ex/s, {result.seconds:.0f} s)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- warehouse and registry
+
+
+def latest_prompt_files(conn) -> dict[str, str]:
+    """{file: path} of the latest prompt dataset indexed in sft_prompt_files, plus "run_id"."""
+    try:
+        rows = conn.execute(load_sql("alignment/select_latest_prompt_files")).fetchall()
+    except Exception as exc:  # noqa: BLE001 - table missing
+        raise ValueError(f"no prompt dataset: materialize sft_prompt_dataset first ({exc})") from exc
+    if not rows:
+        raise ValueError("no prompt dataset: sft_prompt_files is empty (materialize sft_prompt_dataset)")
+    out = {file: path for _, file, path in rows}
+    out["run_id"] = rows[0][0]
+    return out
+
+
+def read_parquet_or_empty(path: str | None) -> pl.DataFrame | None:
+    return pl.read_parquet(path) if path and os.path.exists(path) else None
+
+
+def write_adapter_row(conn, row: dict[str, Any]) -> None:
+    """Append one row to lora_adapters (created on first use)."""
+    conn.execute(load_sql("alignment/lora_adapters"))
+    conn.execute(load_sql("alignment/insert_lora_adapters"), row)
+
+
+class AdapterModel:
+    """A tiny pyfunc wrapper so the adapter folder can be logged and registered as an MLflow model. Scoring
+    goes through LLMResource(adapter=<folder>); predict only returns where the adapter and its base model are."""
+
+    def __init__(self, base_model: str = ""):
+        self.base_model = base_model
+        self.adapter_path = ""
+
+    def load_context(self, context):
+        self.adapter_path = context.artifacts.get("adapter", "")
+
+    def predict(self, context, model_input, params=None):
+        return [{"adapter_path": self.adapter_path, "base_model": self.base_model}]
+
+
+def log_and_register_adapter(
+    adapter_dir: str | Path, base_model: str, name: str = REGISTERED_MODEL
+) -> tuple[str, str]:
+    """Log the adapter folder as an MLflow pyfunc model inside the ACTIVE run and register it under `name`.
+    Returns (model_uri, registered version)."""
+    import mlflow
+    import mlflow.pyfunc
+
+    python_model = _pyfunc_wrapper(base_model)
+    info = mlflow.pyfunc.log_model(
+        name="adapter",
+        python_model=python_model,
+        artifacts={"adapter": str(adapter_dir)},
+        pip_requirements=["peft", "transformers", "torch"],
+    )
+    version = mlflow.register_model(info.model_uri, name)
+    return info.model_uri, str(version.version)
+
+
+def _pyfunc_wrapper(base_model: str):
+    import mlflow.pyfunc
+
+    class _Adapter(AdapterModel, mlflow.pyfunc.PythonModel):
+        pass
+
+    return _Adapter(base_model)
+
+
+# ----------------------------------------------------------------------------- asset helpers
+
+
+def dataset_rows(
+    files: dict[str, str],
+    forms: list[str] | tuple[str, ...],
+    listwise_share: float,
+    max_train_examples: int,
+    eval_examples: int,
+    seed: int,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Training rows (forms mixed) and eval rows (val rows of the same forms, seeded sample) of a dataset."""
+    utility = read_parquet_or_empty(files.get("train_utility"))
+    listwise = read_parquet_or_empty(files.get("train_listwise"))
+    train = mix_forms(utility, listwise, forms, listwise_share, max_train_examples, seed)
+    val = read_parquet_or_empty(files.get("val"))
+    if val is None or eval_examples <= 0:
+        return train, train.head(0)
+    val = _as_frame(val)
+    if "form" in val.columns:
+        val = val.filter(pl.col("form").is_in(list(forms)))
+    return train, sample_rows(val, eval_examples, seed).select(["prompt", "completion"])
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The finite numbers only (MLflow and Dagster metadata reject or mislead on nan)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def png_markdown(path: str | Path) -> str:
+    """An inline markdown image (base64) of a PNG file."""
+    import base64
+
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"![loss curve](data:image/png;base64,{data})"
+
+
+def adapter_row(
+    dagster_run_id: str,
+    mlflow_run_id: str,
+    version: str,
+    result: TrainResult,
+    base_model: str,
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """The lora_adapters row of one trained adapter (nan losses stored as NULL)."""
+
+    def num(x: float) -> float | None:
+        return float(x) if math.isfinite(x) else None
+
+    return {
+        "dagster_run_id": dagster_run_id,
+        "mlflow_run_id": mlflow_run_id,
+        "registered_version": version,
+        "adapter_path": result.adapter_dir,
+        "base_model": base_model,
+        "dataset_run_id": files.get("run_id"),
+        "train_loss": num(result.train_loss),
+        "eval_loss": num(result.eval_loss),
+        "examples_per_sec": num(result.examples_per_sec),
+    }

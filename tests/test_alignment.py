@@ -1,0 +1,367 @@
+"""Alignment stage: LoRA training on the tiny model (loss goes down, top layers only, completion-only loss,
+time budget), data mixing, and the lora_adapter asset on a tiny warehouse with a temp MLflow registry."""
+
+import math
+from datetime import datetime
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.alignment import logic as L
+
+SYSTEM = "<|im_start|>system\nYou are a shopper.<|im_end|>\n"
+YES_WORDS = ["apple", "pear", "plum", "grape", "mango", "peach", "lemon", "melon"]
+NO_WORDS = ["stone", "brick", "nail", "glue", "sand", "wire", "chalk", "tile"]
+YES_ID = 10539  # SmolLM2's "Yes" right after the assistant turn starts (NOTES.md)
+NO_ID = 5230
+
+
+def prompt(word: str, i: int) -> str:
+    return (
+        f'{SYSTEM}<|im_start|>user\nOffer {i}: "{word}". Do you buy it? Answer Yes or No.<|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+def toy_rows(n_repeats: int = 2) -> pl.DataFrame:
+    """A memorisable toy set: fruit -> Yes, hardware -> No (16 words, each n_repeats times)."""
+    rows = []
+    for r in range(n_repeats):
+        for i, w in enumerate(YES_WORDS):
+            rows.append(
+                {
+                    "episode_id": f"e{r}{i}y",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": "Yes",
+                }
+            )
+        for i, w in enumerate(NO_WORDS):
+            rows.append(
+                {
+                    "episode_id": f"e{r}{i}n",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": "No",
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.llm_fixtures import tiny_test_model
+
+    return tiny_test_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+FAST = dict(batch_size=8, learning_rate=5e-3, top_layers=1, logging_steps=2, warmup_steps=0, max_minutes=5.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    rows = toy_rows(2)
+    cfg = L.LoraTrainSettings(**FAST, max_steps=20, epochs=20.0)
+    out = tmp_path_factory.mktemp("adapter")
+    return L.train_lora(tiny_model, rows, rows.head(16), cfg, out)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_layers_to_transform():
+    assert L.layers_to_transform(30, 8) == [22, 23, 24, 25, 26, 27, 28, 29]
+    assert L.layers_to_transform(2, 1) == [1]
+    assert L.layers_to_transform(30, 0) is None
+    assert L.layers_to_transform(30, 30) is None
+    assert L.layers_to_transform(30, 99) is None
+
+
+def test_mix_forms_shares_and_seed():
+    util = pl.DataFrame(
+        {
+            "episode_id": [f"u{i}" for i in range(40)],
+            "form": ["utility"] * 40,
+            "prompt": [f"p{i}" for i in range(40)],
+            "completion": ["Yes"] * 40,
+        }
+    )
+    lw = pl.DataFrame(
+        {
+            "episode_id": [f"l{i}" for i in range(30)],
+            "form": ["listwise", "quantity"] * 15,
+            "prompt": [f"q{i}" for i in range(30)],
+            "completion": ["A"] * 30,
+        }
+    )
+    only_util = L.mix_forms(util, lw, ["utility"], 0.5, 0, seed=0)
+    assert only_util.height == 40 and set(only_util["form"]) == {"utility"}
+    mixed = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
+    assert mixed.height == 20
+    assert (mixed["form"] == "listwise").sum() == 5  # 25% of 20, from the 15 listwise rows
+    assert (mixed["form"] == "utility").sum() == 15
+    # all rows at share 0.25: limited by utility 40 -> 40 / 0.75 = 53 rows, 13 listwise-file rows
+    everything = L.mix_forms(util, lw, ["utility", "listwise", "quantity"], 0.25, 0, seed=0)
+    assert everything.height == 53 and (everything["form"] != "utility").sum() == 13
+    again = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
+    assert again["prompt"].to_list() == mixed["prompt"].to_list()
+    other = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=1)
+    assert other["prompt"].to_list() != mixed["prompt"].to_list()
+    # listwise only, no utility file at all
+    assert L.mix_forms(None, lw, ["listwise"], 0.0, 0, seed=0).height == 15
+
+
+def test_bad_rows_are_dropped_not_crashing():
+    df = pl.DataFrame({"prompt": ["a", None, "", "b"], "completion": ["Yes", "No", "No", None]})
+    assert L.sample_rows(df, 0, 0)["prompt"].to_list() == ["a"]
+    with pytest.raises(ValueError, match="prompt and completion"):
+        L.sample_rows(pl.DataFrame({"text": ["x"]}), 0, 0)
+
+
+def test_tokenize_pairs_masks_the_answer_token_only(tokenizer):
+    rows = pl.DataFrame({"prompt": [prompt("apple", 1), prompt("stone", 2)], "completion": ["Yes", "No"]})
+    enc = L.tokenize_pairs(tokenizer, rows, max_length=512)
+    for ids, mask, answer in zip(enc["input_ids"], enc["completion_mask"], [YES_ID, NO_ID], strict=True):
+        assert sum(mask) == 1 and mask[-1] == 1  # one answer token, last, no EOS appended
+        assert ids[-1] == answer
+        assert (
+            ids[:-1]
+            == tokenizer(rows["prompt"][0 if answer == YES_ID else 1], add_special_tokens=False)["input_ids"]
+        )
+    short = L.tokenize_pairs(tokenizer, rows, max_length=5)
+    assert all(
+        len(x) == 5 and m[-1] == 1 for x, m in zip(short["input_ids"], short["completion_mask"], strict=True)
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_loss_goes_down_on_a_memorisable_set(trained):
+    losses = [p["loss"] for p in trained.loss_history]
+    assert len(losses) >= 5
+    assert trained.steps == 20 and trained.examples_seen == 160
+    assert losses[-1] < 0.5 * losses[0]
+    assert trained.eval_loss < trained.eval_loss_before - 1.0
+    # a constant guess of the 50/50 Yes/No split costs ln 2; the trained adapter must beat a random model by far
+    assert trained.eval_loss < 3 * math.log(2)
+    assert trained.examples_per_sec > 0 and trained.seconds > 0
+
+
+def test_only_top_layers_get_lora(trained, tiny_model):
+    from safetensors.torch import load_file
+
+    keys = list(load_file(str(L.adapter_weights_file(trained.adapter_dir))).keys())
+    assert keys and all("lora_" in k for k in keys)
+    assert all(".layers.1." in k for k in keys), keys
+    assert not any(".layers.0." in k for k in keys)
+    projections = {k.split(".layers.1.")[1].split(".lora_")[0] for k in keys}
+    assert projections == {
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
+    # trainable = r * (in + out) per projection of the one layer: hidden 64, intermediate 128, r 16
+    per_layer = 16 * ((64 + 64) * 4 + (64 + 128) * 2 + (128 + 64))
+    assert trained.trainable_params == per_layer
+    assert trained.layers_to_transform == [1]
+
+
+def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
+    import torch
+
+    rows = toy_rows(1).head(4)
+    cfg = L.LoraTrainSettings(**{**FAST, "bf16_autocast": False, "batch_size": 2})
+    trainer, _ = L.build_trainer(tiny_model, rows, rows.head(1), cfg, tmp_path / "w", log=print)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    labels, ids = batch["labels"], batch["input_ids"]
+    for b in range(2):
+        real = [i for i, m in enumerate(batch["attention_mask"][b].tolist()) if m == 1]
+        kept = [i for i in range(labels.shape[1]) if labels[b, i] != -100]
+        assert kept == [real[-1]]  # the answer token only: prompt and padding are -100
+        assert ids[b, real[-1]].item() in (YES_ID, NO_ID)
+    # the trainer's eval loss on one row = the cross-entropy of its answer token, computed by hand
+    loss = trainer.evaluate()["eval_loss"]
+    enc = trainer.eval_dataset[0]["input_ids"]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([enc])).logits[0, -2].float()
+    manual = -torch.log_softmax(logits, -1)[enc[-1]].item()
+    assert loss == pytest.approx(manual, rel=1e-4, abs=1e-4)
+
+
+def test_time_budget_stops_training(tiny_model, tmp_path):
+    rows = toy_rows(2)
+    cfg = L.LoraTrainSettings(**{**FAST, "max_minutes": 2.0 / 60, "epochs": 50.0})
+    result = L.train_lora(tiny_model, rows, None, cfg, tmp_path / "a")
+    planned = 50 * math.ceil(rows.height / 8)
+    assert result.stopped_by_time
+    assert 1 <= result.steps < planned
+    assert result.seconds < 2.0 + 10.0  # stops at the first step end past 2 s
+    assert math.isnan(result.eval_loss)
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+
+
+def test_no_training_rows_is_a_clear_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="no training rows"):
+        L.train_lora(
+            tiny_model,
+            pl.DataFrame({"prompt": [], "completion": []}, schema={"prompt": pl.Utf8, "completion": pl.Utf8}),
+            None,
+            L.LoraTrainSettings(),
+            tmp_path / "a",
+        )
+
+
+def test_loss_curve_png(trained, tmp_path):
+    path = L.loss_curve_png(trained, tmp_path / "c.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert L.png_markdown(path).startswith("![loss curve](data:image/png;base64,")
+
+
+# ----------------------------------------------------------------------------- the asset
+
+
+def write_prompt_dataset(conn, root, run_id="prompts-run-1"):
+    """The parquet files and the sft_prompt_files index the prompts stage would write."""
+    root.mkdir(parents=True, exist_ok=True)
+    train = toy_rows(2).with_columns(period=pl.lit("train"))
+    val = toy_rows(1).with_columns(period=pl.lit("val"))
+    lw = pl.DataFrame(
+        {
+            "period": ["train"] * 2,
+            "episode_id": ["x1", "x2"],
+            "form": ["listwise", "quantity"],
+            "product_id": [None, "p"],
+            "prompt": [prompt("list", 1), prompt("qty", 2)],
+            "completion": ["A", "1"],
+        }
+    )
+    paths = {}
+    for name, df in {"train_utility": train, "train_listwise": lw, "val": val}.items():
+        paths[name] = str(root / f"{name}.parquet")
+        df.write_parquet(paths[name])
+    index = pl.DataFrame(
+        {
+            "run_id": [run_id] * 3,
+            "file": list(paths),
+            "form": ["utility", "listwise", "utility"],
+            "n_rows": [train.height, 1, val.height],
+            "path": list(paths.values()),
+            "created_at": [datetime(2026, 11, 1)] * 3,
+        }
+    )
+    old = index.with_columns(
+        run_id=pl.lit("old-run"),
+        created_at=pl.lit(datetime(2026, 10, 1)),
+        path=pl.lit("/nonexistent.parquet"),
+    )
+    index_rows = pl.concat([old, index])  # noqa: F841 - read by the SQL below (replacement scan)
+    conn.execute("create or replace table sft_prompt_files as select * from index_rows")
+    return paths
+
+
+def test_latest_prompt_files_and_missing_table(tmp_path):
+    import duckdb
+
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    with pytest.raises(ValueError, match="materialize sft_prompt_dataset"):
+        L.latest_prompt_files(conn)
+    paths = write_prompt_dataset(conn, tmp_path / "prompts")
+    files = L.latest_prompt_files(conn)
+    assert files["run_id"] == "prompts-run-1"
+    assert files["train_utility"] == paths["train_utility"] and files["val"] == paths["val"]
+
+
+def test_lora_adapter_asset(tiny_model, data_dir, duckdb_resource, mlflow_resource):
+    from mlflow.tracking import MlflowClient
+
+    from assets.alignment import LoraAdapterConfig, lora_adapter
+
+    with duckdb_resource.get_connection() as conn:
+        write_prompt_dataset(conn, data_dir / "prompts" / "prompts-run-1")
+    config = LoraAdapterConfig(
+        base_model=str(tiny_model),
+        top_layers=1,
+        batch_size=8,
+        max_steps=3,
+        learning_rate=5e-3,
+        eval_examples=8,
+        registered_model="test-adapter",
+    )
+    result = dg.materialize(
+        [lora_adapter],
+        resources={"duckdb": duckdb_resource, "mlflow": mlflow_resource},
+        run_config=dg.RunConfig({"lora_adapter": config}),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("lora_adapter")[0].metadata
+    for key in (
+        "mlflow_run_id",
+        "mlflow_run_url",
+        "base_model",
+        "train_loss",
+        "eval_loss",
+        "trainable_params",
+        "examples_per_sec",
+        "seconds",
+        "adapter_path",
+        "adapter_sha256",
+        "loss_curve",
+    ):
+        assert key in meta, key
+    assert meta["steps"].value == 3 and meta["examples_seen"].value == 24
+    assert meta["dataset_run_id"].value == "prompts-run-1"
+    assert meta["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
+    adapter_dir = data_dir / "adapters" / result.run_id
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    with duckdb_resource.get_connection() as conn:
+        rows = conn.sql("select * from lora_adapters").pl()
+    assert rows.height == 1
+    row = rows.row(0, named=True)
+    assert row["dagster_run_id"] == result.run_id and row["registered_version"] == "1"
+    assert row["adapter_path"] == str(adapter_dir) and row["dataset_run_id"] == "prompts-run-1"
+    assert row["mlflow_run_id"] == meta["mlflow_run_id"].value
+    client = MlflowClient(tracking_uri=mlflow_resource.resolved_tracking_uri())
+    versions = client.search_model_versions("name='test-adapter'")
+    assert [str(v.version) for v in versions] == ["1"]
+    run = client.get_run(row["mlflow_run_id"])
+    assert run.data.tags["dataset_run_id"] == "prompts-run-1"
+    assert run.data.tags["dagster_run_id"] == result.run_id
+    assert run.data.tags["base_model"] == str(tiny_model)
+    assert "train_loss_curve" in run.data.metrics
+    # the registered model carries the adapter folder
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts("models:/test-adapter/1", dst_path=str(data_dir / "dl"))
+    assert any(p.name == "adapter_model.safetensors" for p in __import__("pathlib").Path(local).rglob("*"))
+
+
+# ----------------------------------------------------------------------------- the real default model
+
+
+@pytest.mark.slow
+def test_default_model_learns_yes_no(tmp_path):
+    from resources.models import resolve_model
+
+    rows = toy_rows(4)  # 64 synthetic yes/no rows
+    cfg = L.LoraTrainSettings(batch_size=8, max_steps=20, epochs=10.0, logging_steps=4, max_minutes=10.0)
+    result = L.train_lora(resolve_model("default"), rows, rows.sample(32, seed=0), cfg, tmp_path / "a")
+    assert result.layers_to_transform == list(range(22, 30))
+    assert result.eval_loss < result.eval_loss_before - 0.1
+    losses = [p["loss"] for p in result.loss_history]
+    assert min(losses[-2:]) < losses[0]
