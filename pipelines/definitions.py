@@ -21,6 +21,7 @@ from pipelines.jobs import JOBS  # noqa: E402
 from pipelines.schedules import SCHEDULES  # noqa: E402
 from pipelines.sensors import SENSORS  # noqa: E402
 from resources.duckdb import warehouse  # noqa: E402
+from resources.llm import LLMResource  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
 
 STAGE_MODULES = [ingest, synth_asset, features, prompts, evaluation]
@@ -37,7 +38,11 @@ def build_resources(env: str) -> dict:
     if env not in RESOURCE_ENVS:
         raise ValueError(f"PIPELINE_ENV={env!r} is unknown: set it to one of {sorted(RESOURCE_ENVS)}")
     common = {"duckdb": warehouse(os.environ.get("MALLES_DUCKDB_PATH")), "mlflow": _mlflow()}
-    return common
+    if env == "gpu":
+        # vLLM on one GPU: prefix caching, LoRA served unmerged (pip install -e '.[gpu]')
+        return {**common, "llm": LLMResource(backend="vllm", device="cuda", batch_size=256)}
+    # CPU: transformers, fp32 exact scores, 2 threads, the embedded default model
+    return {**common, "llm": LLMResource(backend="hf")}
 
 
 RESOURCE_ENVS = ("local", "gpu")

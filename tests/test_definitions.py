@@ -81,3 +81,11 @@ def test_dagster_definitions_validate():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert isinstance(defs, dg.Definitions)
+
+
+def test_resource_sets_per_environment():
+    from pipelines.definitions import build_resources
+
+    local, gpu = build_resources("local"), build_resources("gpu")
+    assert {"duckdb", "mlflow", "llm"} <= set(local) and set(local) == set(gpu)
+    assert local["llm"].backend == "hf" and gpu["llm"].backend == "vllm"
