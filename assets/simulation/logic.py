@@ -1,0 +1,567 @@
+"""The simulation stage: the LLM retail agent decides on the evaluation episodes (retail_decisions), and the
+report that sets its metrics beside the baselines' on the same sample episodes (simulation_report).
+No dagster import; the assets in __init__.py wire these functions.
+
+Readings taken here (docs/tables.md, simulation section):
+- The sample is EVALUATION.md's: per named split the N episodes with the smallest md5("{seed}|{basket_id}|
+  {category}") (assets.evaluation.baselines.split_membership); an episode may be in several splits and is
+  decided once.
+- utility form: the utility of an option is log P("Yes") - log P("No") after the episode's shared prefix and
+  the option's suffix (engine.score_many); the choice distribution is their softmax over the choice set.
+- listwise form: one prompt with the options labelled A.. in position order; the utility of an option is the
+  log-probability of its label renormalised over the set's labels (engine.label_logprobs), so prob = exp.
+- quantity: for the top option (highest utility; ties: the smaller product_id, as the baselines' top option),
+  the quantity prompt and label_logprobs over "1".."9" ("9" = 9 or more, counted as 9); expected_qty =
+  sum q * p(q), written on the episode's top row only (null on the other rows). In the report the predicted
+  quantity is expected_qty rounded to the nearest integer and at least 1, as the baselines' predictor is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from assets.evaluation.baselines import SPLITS, qty_customer_mean, split_membership
+from assets.evaluation.metrics import evaluate_splits
+from assets.prompts import logic as P
+from assets.prompts import templates as T
+from resources.sql import load_sql
+
+FORMS = ("utility", "listwise")
+QTY_LABELS = tuple(str(q) for q in range(1, T.MAX_QUANTITY + 1))
+
+DECISIONS_SCHEMA = {
+    "run_id": pl.Utf8,
+    "method": pl.Utf8,
+    "episode_id": pl.Utf8,
+    "product_id": pl.Utf8,
+    "utility": pl.Float64,
+    "prob": pl.Float64,
+    "is_top": pl.Boolean,
+    "expected_qty": pl.Float64,
+}
+MEMBERS_SCHEMA = {"run_id": pl.Utf8, "method": pl.Utf8, "episode_id": pl.Utf8, "split": pl.Utf8}
+REPORT_SCHEMA = {
+    "method": pl.Utf8,
+    "kind": pl.Utf8,
+    "split": pl.Utf8,
+    "n_episodes": pl.Int64,
+    "hit1": pl.Float64,
+    "hit3": pl.Float64,
+    "nll": pl.Float64,
+    "qty_mae": pl.Float64,
+    "qty_wape": pl.Float64,
+    "share_jsd": pl.Float64,
+}
+METRIC_NAMES = ["hit1", "hit3", "nll", "qty_mae", "qty_wape", "share_jsd"]
+
+
+@dataclass
+class DecisionSettings:
+    period: str = "test"
+    n_per_split: int = 200
+    form: str = "utility"
+    quantity: bool = True
+    include_style: bool = True
+    include_signals: bool = True
+    seed: int = 0
+    chunk_episodes: int = 16
+
+
+# ----------------------------------------------------------------------------- names and the adapter
+
+
+def method_name(form: str, aligned: bool, include_style: bool = True, include_signals: bool = True) -> str:
+    """llm_{zero_shot|aligned}_{form}[_no_style][_no_signals]."""
+    name = f"llm_{'aligned' if aligned else 'zero_shot'}_{form}"
+    if not include_style:
+        name += "_no_style"
+    if not include_signals:
+        name += "_no_signals"
+    return name
+
+
+def parse_periods(period: str) -> list[str]:
+    """'test', 'val' or a comma list such as 'val,test' -> the periods, checked."""
+    out = [p.strip() for p in str(period).split(",") if p.strip()]
+    bad = [p for p in out if p not in ("val", "test")]
+    if not out or bad:
+        raise ValueError(f"period {period!r}: use 'test', 'val' or 'val,test'")
+    return out
+
+
+def table_exists(conn, name: str) -> bool:
+    rows = conn.execute(
+        "select count(*) from information_schema.tables where table_name = $name", {"name": name}
+    ).fetchall()  # fetchall: a fetchone leaves the result open and duckdb 2.x then refuses the next query
+    return bool(rows and rows[0][0])
+
+
+def latest_adapter(conn) -> dict[str, Any] | None:
+    """The newest row of lora_adapters as a dict, or None when the table is absent or empty."""
+    if not table_exists(conn, "lora_adapters"):
+        return None
+    rows = conn.sql(load_sql("simulation/select_latest_adapter")).pl()
+    return rows.row(0, named=True) if rows.height else None
+
+
+def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) -> tuple[str, str]:
+    """(adapter path or "", reason): the newest adapter when asked for, present on disk and trained on the
+    same base model as the resource's; zero-shot otherwise, with the reason."""
+    if not use_adapter:
+        return "", "use_adapter is off"
+    if row is None:
+        return "", "no lora_adapters row"
+    path = str(row.get("adapter_path") or "")
+    if not path or not Path(path, "adapter_config.json").is_file():
+        return "", f"adapter folder {path!r} has no adapter_config.json"
+    base = str(row.get("base_model") or "")
+    if base and base != model and Path(base).resolve() != Path(model).resolve():
+        return "", f"adapter trained on {base!r}, the resource's model is {model!r}"
+    return path, f"lora_adapters run {row.get('dagster_run_id')}"
+
+
+# ----------------------------------------------------------------------------- the sample
+
+
+def load_sample(
+    conn, periods: list[str], seed: int, n_per_split: int
+) -> tuple[list[P.PromptEpisode], pl.DataFrame]:
+    """The sample's episodes as prompt contexts (episode_id order) and their split membership (episode_id,
+    split). Episodes without options are dropped from both."""
+    cands = conn.sql(
+        load_sql("simulation/select_sample_candidates"), params={"seed": int(seed), "periods": periods}
+    ).pl()
+    members = split_membership(cands, int(n_per_split))
+    wanted = set(members["episode_id"].to_list())
+    episodes: list[P.PromptEpisode] = []
+    for period in periods:
+        rows = P.build_prompt_rows(conn, period, seed, n_per_split, fit_only=False)
+        episodes += [e for e in rows if e.episode.episode_id in wanted]
+    episodes.sort(key=lambda e: e.episode.episode_id)
+    have = {e.episode.episode_id for e in episodes}
+    members = members.filter(pl.col("episode_id").is_in(list(have)))
+    return episodes, members
+
+
+# ----------------------------------------------------------------------------- deciding
+
+
+def softmax(u: np.ndarray) -> np.ndarray:
+    """Stable softmax of a 1-d array (a NaN utility gets probability 0; all NaN: uniform)."""
+    u = np.asarray(u, dtype=np.float64)
+    ok = np.isfinite(u)
+    if not ok.any():
+        return np.full(len(u), 1.0 / max(len(u), 1))
+    z = np.where(ok, u - u[ok].max(), -np.inf)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def top_index(ep: P.PromptEpisode, u: np.ndarray) -> int:
+    """Index of the highest utility (ties: the smaller product_id)."""
+    u = np.where(np.isfinite(u), u, -np.inf)
+    return min(range(len(u)), key=lambda i: (-u[i], ep.options[i].product_id))
+
+
+def utility_items(eps: list[P.PromptEpisode], style: bool, signals: bool) -> list[tuple[str, list[str]]]:
+    """(prefix, suffixes) of the utility form per episode (the same templates as sft_prompt_dataset)."""
+    return [
+        (
+            T.utility_prefix(ep.customer, ep.episode, style),
+            [T.utility_suffix(o, ep.customer, style, signals) for o in ep.options],
+        )
+        for ep in eps
+    ]
+
+
+def decide_utility(engine, eps: list[P.PromptEpisode], style: bool, signals: bool) -> list[np.ndarray]:
+    """Utilities log P(Yes) - log P(No) of every option of every episode."""
+    items = utility_items(eps, style, signals)
+    return [np.asarray(u, dtype=np.float64) for u in engine.score_many(items, progress=False)]
+
+
+def decide_listwise(engine, eps: list[P.PromptEpisode], style: bool, signals: bool) -> list[np.ndarray]:
+    """Label log-probabilities (renormalised over the set's labels) of every option; episodes are grouped by
+    their number of options (one label set per call). More options than labels: the rest get NaN."""
+    out: list[np.ndarray | None] = [None] * len(eps)
+    by_n: dict[int, list[int]] = {}
+    for i, ep in enumerate(eps):
+        by_n.setdefault(min(len(ep.options), len(T.LABELS)), []).append(i)
+    for n, idx in by_n.items():
+        prompts = [P.listwise_pair(eps[i], style, signals)["prompt"] for i in idx]
+        lp = engine.label_logprobs(prompts, list(T.LABELS[:n]))
+        for i, row in zip(idx, lp, strict=True):
+            u = np.full(len(eps[i].options), np.nan)
+            u[:n] = row
+            out[i] = u
+    return [u if u is not None else np.zeros(0) for u in out]
+
+
+def expected_quantities(
+    engine, eps: list[P.PromptEpisode], tops: list[int], style: bool, signals: bool
+) -> list[float]:
+    """sum q * p(q) over "1".."9" for each episode's top option (label_logprobs on the quantity prompt)."""
+    if not eps:
+        return []
+    prompts = [
+        T.utility_prefix(ep.customer, ep.episode, style)
+        + T.quantity_suffix(ep.options[t], ep.customer, style, signals)
+        for ep, t in zip(eps, tops, strict=True)
+    ]
+    lp = engine.label_logprobs(prompts, list(QTY_LABELS))
+    p = np.exp(lp)
+    p = p / p.sum(axis=1, keepdims=True)
+    q = np.arange(1, len(QTY_LABELS) + 1, dtype=np.float64)
+    return [float(v) for v in p @ q]
+
+
+def decision_rows(
+    run_id: str,
+    method: str,
+    eps: list[P.PromptEpisode],
+    utilities: list[np.ndarray],
+    qtys: list[float | None],
+) -> pl.DataFrame:
+    """Rows of retail_decisions: every option with utility, softmax prob, is_top, expected_qty (top row)."""
+    rows = []
+    for ep, u, q in zip(eps, utilities, qtys, strict=True):
+        probs = softmax(u)
+        t = top_index(ep, u)
+        for i, o in enumerate(ep.options):
+            ui = float(u[i])
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "method": method,
+                    "episode_id": ep.episode.episode_id,
+                    "product_id": o.product_id,
+                    "utility": ui if math.isfinite(ui) else None,
+                    "prob": float(probs[i]),
+                    "is_top": i == t,
+                    "expected_qty": q if i == t else None,
+                }
+            )
+    return pl.DataFrame(rows, schema=DECISIONS_SCHEMA)
+
+
+@dataclass
+class DecisionRun:
+    decisions: pl.DataFrame
+    members: pl.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _stats(engine) -> tuple[float, float]:
+    s = getattr(engine, "stats", None)
+    return (float(getattr(s, "tokens", 0) or 0), float(getattr(s, "seconds", 0) or 0)) if s else (0.0, 0.0)
+
+
+def run_decisions(
+    conn,
+    engine,
+    settings: DecisionSettings,
+    method: str,
+    run_id: str,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> DecisionRun:
+    """Load the sample, decide every episode in chunks (tqdm bar and a log line per chunk), and return the
+    decision rows, the membership rows and throughput figures. Nothing is written here."""
+    from tqdm.auto import tqdm
+
+    if settings.form not in FORMS:
+        raise ValueError(f"form {settings.form!r}: use one of {FORMS}")
+    periods = parse_periods(settings.period)
+    t_load = time.perf_counter()
+    eps, members = load_sample(conn, periods, settings.seed, settings.n_per_split)
+    t_load = time.perf_counter() - t_load
+    log(f"retail_decisions: {len(eps)} episodes of {periods} ({t_load:.1f} s to load), method {method}")
+    style, signals = settings.include_style, settings.include_signals
+    decide = decide_utility if settings.form == "utility" else decide_listwise
+    tok0, sec0 = _stats(engine)
+    t0 = time.perf_counter()
+    utilities: list[np.ndarray] = []
+    qtys: list[float | None] = []
+    chunk = max(1, int(settings.chunk_episodes))
+    with tqdm(total=len(eps), desc=method, unit="ep", disable=not progress, mininterval=1.0) as bar:
+        for start in range(0, len(eps), chunk):
+            part = eps[start : start + chunk]
+            us = decide(engine, part, style, signals)
+            utilities += us
+            if settings.quantity:
+                tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
+                qtys += expected_quantities(engine, part, tops, style, signals)
+            else:
+                qtys += [None] * len(part)
+            bar.update(len(part))
+            done = start + len(part)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log(f"retail_decisions: {done}/{len(eps)} episodes, {rate:.2f} decisions/s")
+    seconds = time.perf_counter() - t0
+    tok1, sec1 = _stats(engine)
+    decisions = decision_rows(run_id, method, eps, utilities, qtys)
+    members = members.select(
+        pl.lit(run_id).alias("run_id"), pl.lit(method).alias("method"), "episode_id", "split"
+    )
+    n_prompts = sum(len(ep.options) for ep in eps) if settings.form == "utility" else len(eps)
+    if settings.quantity:
+        n_prompts += len(eps)
+    info = {
+        "n_episodes": len(eps),
+        "n_prompts": n_prompts,
+        "seconds_decide": round(seconds, 3),
+        "seconds_load": round(t_load, 3),
+        "decisions_per_sec": round(len(eps) / seconds, 4) if seconds > 0 else 0.0,
+        "tokens_per_sec": round((tok1 - tok0) / (sec1 - sec0), 1) if sec1 > sec0 else 0.0,
+        "tokens": int(tok1 - tok0),
+        "parse_failure_rate": 0.0,  # score mode: exact distributions, nothing is parsed
+    }
+    return DecisionRun(decisions=decisions, members=members.cast(MEMBERS_SCHEMA), info=info)
+
+
+def write_decisions(conn, run: DecisionRun, method: str) -> None:
+    """Replace the rows of `method` in retail_decisions and retail_decision_episodes (one transaction)."""
+    conn.execute(load_sql("simulation/create_retail_decisions"))
+    conn.execute(load_sql("simulation/create_retail_decision_episodes"))
+    conn.execute("begin transaction")
+    try:
+        # DML returns a count row: read it (duckdb 2.x refuses new work while a result is unread)
+        conn.execute(load_sql("simulation/delete_retail_decisions_method"), {"method": method}).fetchall()
+        conn.execute(
+            load_sql("simulation/delete_retail_decision_episodes_method"), {"method": method}
+        ).fetchall()
+        for name, frame in (
+            ("retail_decisions", run.decisions),
+            ("retail_decision_episodes", run.members),
+        ):
+            conn.register(f"staged_{name}", frame.to_arrow())
+            try:
+                conn.execute(load_sql(f"simulation/insert_{name}")).fetchall()
+            finally:
+                conn.unregister(f"staged_{name}")
+        conn.execute("commit")
+    except Exception:
+        conn.execute("rollback")
+        raise
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def common_members(conn, methods: list[str] | None = None) -> pl.DataFrame:
+    """(episode_id, split) decided by every chosen method (all methods of retail_decision_episodes when
+    `methods` is empty), so that every row of the report is scored on the same episodes."""
+    m = conn.sql("select method, episode_id, split from retail_decision_episodes").pl()
+    if methods:
+        m = m.filter(pl.col("method").is_in(methods))
+    names = m["method"].unique().to_list()
+    if not names:
+        return pl.DataFrame(schema={"episode_id": pl.Utf8, "split": pl.Utf8})
+    counts = m.unique().group_by("episode_id", "split").agg(n=pl.col("method").n_unique())
+    return counts.filter(pl.col("n") == len(names)).select("episode_id", "split").sort("split", "episode_id")
+
+
+def load_report_options(conn, episode_ids: list[str]) -> pl.DataFrame:
+    """The options of the given episodes with is_chosen, category, quantity and the quantity features."""
+    conn.register(
+        "staged_report_episodes",
+        pl.DataFrame({"episode_id": episode_ids}, schema={"episode_id": pl.Utf8}).to_arrow(),
+    )
+    try:
+        return conn.sql(load_sql("simulation/select_report_options")).pl()
+    finally:
+        conn.unregister("staged_report_episodes")
+
+
+def load_report_baselines(conn, episode_ids: list[str]) -> pl.DataFrame:
+    """baseline_predictions of the given episodes (empty frame when the table is absent)."""
+    schema = {
+        "method": pl.Utf8,
+        "episode_id": pl.Utf8,
+        "product_id": pl.Utf8,
+        "score": pl.Float64,
+        "prob": pl.Float64,
+    }
+    if not table_exists(conn, "baseline_predictions"):
+        return pl.DataFrame(schema=schema)
+    conn.register(
+        "staged_report_episodes",
+        pl.DataFrame({"episode_id": episode_ids}, schema={"episode_id": pl.Utf8}).to_arrow(),
+    )
+    try:
+        return conn.sql(load_sql("simulation/select_report_baseline_predictions")).pl()
+    finally:
+        conn.unregister("staged_report_episodes")
+
+
+def llm_qty(decisions: pl.DataFrame, options: pl.DataFrame) -> pl.DataFrame:
+    """episode_id, qty_pred (expected_qty of the top row rounded, at least 1), qty_actual."""
+    top = decisions.filter(pl.col("is_top")).select("episode_id", "expected_qty")
+    act = options.group_by("episode_id").agg(qty_actual=pl.col("quantity").first().cast(pl.Float64))
+    return act.join(top, on="episode_id", how="left").select(
+        "episode_id",
+        qty_pred=pl.when(pl.col("expected_qty").is_not_null()).then(
+            pl.max_horizontal(pl.col("expected_qty").round(0), pl.lit(1.0))
+        ),
+        qty_actual="qty_actual",
+    )
+
+
+def report_rows(
+    decisions: pl.DataFrame, baselines: pl.DataFrame, options: pl.DataFrame, members: pl.DataFrame
+) -> pl.DataFrame:
+    """Metrics per (method, split): each LLM method of `decisions` (score = utility) and each baseline of
+    `baselines`, all on the episodes of `members` and with assets.evaluation.metrics.evaluate_splits.
+
+    An option a method did not score keeps a null score (ranked last by the metrics) and a null prob."""
+    keep = options.join(members.select("episode_id").unique(), on="episode_id", how="semi")
+    splits = [s for s in SPLITS if s in set(members["split"].to_list())]
+    rows: list[dict] = []
+    for kind, frame, score_col in (("llm", decisions, "utility"), ("baseline", baselines, "score")):
+        for method in sorted(frame["method"].unique().to_list()):
+            mine = frame.filter(pl.col("method") == method).select(
+                "episode_id", "product_id", pl.col(score_col).alias("score"), "prob"
+            )
+            long = keep.join(mine, on=["episode_id", "product_id"], how="left")
+            if kind == "llm":
+                qty = llm_qty(frame.filter(pl.col("method") == method), keep)
+            else:
+                qty = qty_customer_mean(long)
+            for r in evaluate_splits(long, qty, members, splits):
+                rows.append({"method": method, "kind": kind, **r})
+    return pl.DataFrame(rows, schema=REPORT_SCHEMA)
+
+
+def gap_lines(metrics: pl.DataFrame, metric: str = "hit1") -> list[str]:
+    """Per split: the best LLM method against the best baseline on `metric` (higher is better)."""
+    lines = []
+    for split in SPLITS:
+        part = metrics.filter((pl.col("split") == split) & pl.col(metric).is_not_null())
+        llm = part.filter(pl.col("kind") == "llm").sort(metric, descending=True)
+        base = part.filter(pl.col("kind") == "baseline").sort(metric, descending=True)
+        if llm.height == 0:
+            continue
+        a = llm.row(0, named=True)
+        if base.height == 0:
+            lines.append(f"- {split}: best LLM {a['method']} {metric} {a[metric]:.4f} (no baseline rows)")
+            continue
+        b = base.row(0, named=True)
+        verdict = "LLM ahead" if a[metric] > b[metric] else "LLM behind"
+        lines.append(
+            f"- {split} (n={a['n_episodes']}): best LLM {a['method']} {a[metric]:.4f} vs best baseline "
+            f"{b['method']} {b[metric]:.4f}: {verdict} by {abs(a[metric] - b[metric]):.4f}"
+        )
+    return lines
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def report_markdown(metrics: pl.DataFrame) -> str:
+    """The gap summary, then one table per split (LLM rows first, then baselines), methods as rows."""
+    cols = ["method", "kind", "n_episodes", *METRIC_NAMES]
+    out = ["**best LLM vs best baseline (hit@1)**", "", *gap_lines(metrics), ""]
+    for split in SPLITS:
+        part = metrics.filter(pl.col("split") == split).sort(
+            "kind", "hit1", descending=[True, True], nulls_last=True
+        )
+        if part.height == 0:
+            continue
+        out += [f"**{split}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)]
+        out.append("")
+    return "\n".join(out)
+
+
+def headline_metrics(metrics: pl.DataFrame) -> dict[str, float]:
+    """`{split}/{method}/{metric}` -> float for every defined metric."""
+    out = {}
+    for r in metrics.iter_rows(named=True):
+        for m in METRIC_NAMES:
+            v = r[m]
+            if v is not None and not math.isnan(v):
+                out[f"{r['split']}/{r['method']}/{m}"] = float(v)
+    return out
+
+
+def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
+    """Grouped bars: hit@1 of every method (LLM variants and baselines) per split. Returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    methods = (
+        metrics.filter(pl.col("hit1").is_not_null())
+        .select("method", "kind")
+        .unique()
+        .sort("kind", "method", descending=[True, False])["method"]
+        .to_list()
+    )
+    splits = [s for s in SPLITS if s in set(metrics["split"].to_list())]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(splits) + 2), 4.5))
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(splits))
+    for i, method in enumerate(methods):
+        vals = []
+        for split in splits:
+            r = metrics.filter((pl.col("method") == method) & (pl.col("split") == split))
+            v = r["hit1"][0] if r.height else None
+            vals.append(np.nan if v is None else v)
+        hatch = "//" if method.startswith("llm_") else None
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=method, hatch=hatch)
+    n = {r["split"]: r["n_episodes"] for r in metrics.iter_rows(named=True)}
+    ax.set_xticks(x, [f"{s}\n(n={n.get(s, 0)})" for s in splits], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("hit@1")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, frameon=False)
+    ax.set_title("hit@1 per split: LLM variants (hatched) and baselines on the same episodes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def build_report(conn, methods: list[str] | None = None, log: Callable[[str], None] = print) -> pl.DataFrame:
+    """Metrics of the LLM methods of retail_decisions and the baselines on their common sample episodes."""
+    if not table_exists(conn, "retail_decision_episodes"):
+        log("simulation_report: no retail_decisions yet: empty report")
+        return pl.DataFrame(schema=REPORT_SCHEMA)
+    members = common_members(conn, methods)
+    ids = members["episode_id"].unique().sort().to_list()
+    decisions = conn.sql("select * from retail_decisions").pl()
+    if methods:
+        decisions = decisions.filter(pl.col("method").is_in(methods))
+    decisions = decisions.filter(pl.col("episode_id").is_in(ids))
+    options = load_report_options(conn, ids)
+    baselines = load_report_baselines(conn, ids)
+    log(
+        f"simulation_report: {len(ids)} episodes, {decisions['method'].n_unique()} LLM methods, "
+        f"{baselines['method'].n_unique()} baselines"
+    )
+    return report_rows(decisions, baselines, options, members)
+
+
+def write_report(conn, metrics: pl.DataFrame) -> None:
+    """Replace simulation_metrics with `metrics`."""
+    conn.register("staged_simulation_metrics", metrics.to_arrow())
+    try:
+        conn.execute(load_sql("simulation/simulation_metrics"))
+    finally:
+        conn.unregister("staged_simulation_metrics")

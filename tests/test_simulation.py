@@ -1,0 +1,282 @@
+"""Simulation stage: retail_decisions (the LLM agent's choice distributions) and simulation_report, on a tiny
+warehouse and the tiny random model of tests/llm_fixtures.py."""
+
+import math
+from datetime import datetime
+
+import dagster as dg
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+
+from assets.simulation import logic as S
+from tests.llm_fixtures import tiny_test_model
+from tests.test_prompts import make_warehouse
+
+# test episodes added to tests/test_prompts.make_warehouse (which has val b4 and test b5, chosen p2)
+EXTRA_TEST = [  # episode, customer, day, chosen, quantity, sparse, new
+    ("b6", "c1", "2017-03-02", "p1", 3, False, True),
+    ("b7", "c2", "2017-03-03", "p3", 1, True, False),
+    ("b8", "c1", "2017-03-04", "p1", 2, False, False),
+]
+# hand-made baseline: always prefers p1 (scores 3, 2, 1 for p1, p2, p3), probabilities 0.5, 0.3, 0.2
+BASE_SCORE = {"p1": 3.0, "p2": 2.0, "p3": 1.0}
+BASE_PROB = {"p1": 0.5, "p2": 0.3, "p3": 0.2}
+
+
+def _q(conn, sql: str, params: dict | None = None) -> None:
+    """Run a statement and read its result (duckdb 2.x refuses new work while a count row is unread)."""
+    conn.execute(sql, params or {}).fetchall()
+
+
+def build_warehouse(path: str) -> None:
+    make_warehouse(path)
+    conn = duckdb.connect(path)
+    for b, c, day, chosen, qty, sparse, new in EXTRA_TEST:
+        eid = f"{b}|SNACKS"
+        _q(
+            conn,
+            "insert into decision_episodes values ($e, $b, 'SNACKS', $c, $d::timestamp, $d::date, $ch, $q, 3)",
+            {"e": eid, "b": b, "c": c, "d": day, "ch": chosen, "q": qty},
+        )
+        _q(
+            conn,
+            "insert into episode_splits values ($e, 'test', $s, false, $n, false, false)",
+            {"e": eid, "s": sparse, "n": new},
+        )
+        for pos, pid in enumerate(["p1", "p2", "p3"], start=1):
+            _q(
+                conn,
+                "insert into episode_options values ($e, $p, $pos, $ch, $price, $lp)",
+                {"e": eid, "p": pid, "pos": pos, "ch": pid == chosen, "price": 1.0 + pos, "lp": 2.0 + pos},
+            )
+            _q(
+                conn,
+                """insert into option_features values ($e, $p, 3, 5, false, 0, 0, 0, null, 0.2, 0.7, 1.0,
+                   $price, 0.0, $cmq, 1.0)""",
+                {"e": eid, "p": pid, "price": 1.0 + pos, "cmq": 2.4 if c == "c1" else None},
+            )
+    rows = conn.execute("select episode_id, product_id from episode_options order by all").fetchall()
+    _q(conn, "create table baseline_predictions (method varchar, episode_id varchar, product_id varchar, "
+                 "score double, prob double)")  # fmt: skip
+    for e, p in rows:
+        _q(
+            conn,
+            "insert into baseline_predictions values ('always_p1', $e, $p, $s, $pr)",
+            {"e": e, "p": p, "s": BASE_SCORE[p], "pr": BASE_PROB[p]},
+        )
+    conn.close()
+
+
+TEST_CHOSEN = {"b5|SNACKS": "p2", **{f"{b}|SNACKS": ch for b, _, _, ch, *_ in EXTRA_TEST}}
+TEST_QTY = {"b5|SNACKS": 1, **{f"{b}|SNACKS": q for b, _, _, _, q, *_ in EXTRA_TEST}}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return tiny_test_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    from resources.llm import LLMResource
+
+    return LLMResource(model=str(tiny_model)).get_engine()
+
+
+def test_names_periods_and_adapter_choice(tmp_path):
+    assert S.method_name("utility", False) == "llm_zero_shot_utility"
+    assert S.method_name("listwise", True, include_style=False) == "llm_aligned_listwise_no_style"
+    assert S.method_name("utility", False, True, False) == "llm_zero_shot_utility_no_signals"
+    assert S.parse_periods("val, test") == ["val", "test"]
+    with pytest.raises(ValueError):
+        S.parse_periods("train")
+    assert S.choose_adapter(None, "default", True) == ("", "no lora_adapters row")
+    assert S.choose_adapter({"adapter_path": str(tmp_path)}, "default", True)[0] == ""  # no adapter files
+    (tmp_path / "adapter_config.json").write_text("{}")
+    row = {"adapter_path": str(tmp_path), "base_model": "default", "dagster_run_id": "r1"}
+    assert S.choose_adapter(row, "default", True)[0] == str(tmp_path)
+    assert S.choose_adapter(row, "default", False)[0] == ""
+    assert S.choose_adapter(row, "/other/model", True)[0] == ""  # trained on another base model
+
+
+def test_latest_adapter_reads_the_table_when_present(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "a.duckdb"))
+    assert S.latest_adapter(conn) is None  # no table
+    _q(conn, "create table lora_adapters (dagster_run_id varchar, mlflow_run_id varchar, "
+                 "adapter_path varchar, base_model varchar, created_at timestamp)")  # fmt: skip
+    assert S.latest_adapter(conn) is None  # empty
+    _q(conn, "insert into lora_adapters values ('old', 'm', '/a/old', 'default', '2026-01-01'), "
+                 "('new', 'm', '/a/new', 'default', '2026-02-01')")  # fmt: skip
+    assert S.latest_adapter(conn)["adapter_path"] == "/a/new"
+    conn.close()
+
+
+def test_softmax_and_top_index():
+    p = S.softmax(np.array([0.0, math.log(3.0)]))
+    assert p == pytest.approx([0.25, 0.75])
+    assert S.softmax(np.array([1000.0, 1000.0])) == pytest.approx([0.5, 0.5])
+    assert S.softmax(np.array([np.nan, 0.0])) == pytest.approx([0.0, 1.0])
+
+
+def test_sample_matches_the_protocol(tmp_path):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    eps, members = S.load_sample(conn, ["test"], seed=0, n_per_split=0)
+    assert [e.episode.episode_id for e in eps] == sorted(TEST_CHOSEN)
+    got = {(r["episode_id"], r["split"]) for r in members.iter_rows(named=True)}
+    assert ("b7|SNACKS", "test_sparse") in got and ("b5|SNACKS", "test_sparse") in got
+    assert ("b6|SNACKS", "test_new") in got and ("b8|SNACKS", "test_new") not in got
+    assert sum(1 for _, s in got if s == "test_all") == 4
+    # N = 2: the 2 smallest md5("0|{basket}|SNACKS") of test_all
+    import hashlib
+
+    keys = sorted((hashlib.md5(f"0|{e.split('|')[0]}|SNACKS".encode()).hexdigest(), e) for e in TEST_CHOSEN)
+    _, m2 = S.load_sample(conn, ["test"], seed=0, n_per_split=2)
+    assert set(m2.filter(split="test_all")["episode_id"].to_list()) == {e for _, e in keys[:2]}
+    conn.close()
+
+
+def test_decisions_equal_a_direct_softmax_of_scores(tmp_path, engine):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    run = S.run_decisions(conn, engine, settings, "llm_zero_shot_utility", "run-1", log=lambda _: None)
+    d = run.decisions
+    assert d.height == 4 * 3
+    sums = d.group_by("episode_id").agg(pl.col("prob").sum(), pl.col("is_top").sum())
+    assert sums["prob"].to_list() == pytest.approx([1.0] * 4, abs=1e-12)
+    assert sums["is_top"].to_list() == [1] * 4
+    # an independent computation for one episode: the plain (no prefix reuse) score of each full prompt
+    eps, _ = S.load_sample(conn, ["test"], 0, 0)
+    ep = next(e for e in eps if e.episode.episode_id == "b6|SNACKS")
+    ((prefix, suffixes),) = S.utility_items([ep], True, True)
+    u = engine.score_options(prefix, suffixes, prefix_reuse=False)
+    p = np.exp(u - u.max()) / np.exp(u - u.max()).sum()
+    mine = d.filter(episode_id="b6|SNACKS").sort("product_id")
+    assert mine["prob"].to_list() == pytest.approx(list(p), abs=1e-4)
+    assert mine["utility"].to_list() == pytest.approx(list(u), abs=1e-3)
+    assert mine["is_top"].to_list() == [i == int(np.argmax(u)) for i in range(3)]
+    q = d.filter(pl.col("is_top"))["expected_qty"]
+    assert q.null_count() == 0 and ((q >= 1) & (q <= 9)).all()
+    assert d.filter(~pl.col("is_top"))["expected_qty"].null_count() == 8
+    assert run.info["n_prompts"] == 4 * 3 + 4 and run.info["parse_failure_rate"] == 0.0
+    assert run.info["decisions_per_sec"] > 0
+    conn.close()
+
+
+def test_listwise_form_is_a_distribution(tmp_path, engine):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    settings = S.DecisionSettings(n_per_split=0, form="listwise", quantity=False)
+    run = S.run_decisions(conn, engine, settings, "llm_zero_shot_listwise", "r", log=lambda _: None)
+    d = run.decisions
+    sums = d.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_list()
+    assert sums == pytest.approx([1.0] * 4, abs=1e-9)
+    # listwise utilities are normalised label log-probabilities: exp(utility) = prob
+    assert np.exp(d["utility"].to_numpy()) == pytest.approx(d["prob"].to_numpy(), abs=1e-9)
+    assert d["expected_qty"].null_count() == d.height
+    conn.close()
+
+
+def _hand_metrics(frame: pl.DataFrame, score: str, episodes: list[str]) -> tuple[float, float]:
+    """hit@1 and nll computed by hand: the top score (no ties here) against the actual choice."""
+    hits, nlls = [], []
+    for e in episodes:
+        rows = frame.filter(episode_id=e)
+        top = rows.sort(score, descending=True)["product_id"][0]
+        hits.append(1.0 if top == TEST_CHOSEN[e] else 0.0)
+        nlls.append(-math.log(rows.filter(product_id=TEST_CHOSEN[e])["prob"][0]))
+    return float(np.mean(hits)), float(np.mean(nlls))
+
+
+def test_report_matches_hand_computed_metrics(tmp_path, engine):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    run = S.run_decisions(conn, engine, S.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None)
+    S.write_decisions(conn, run, "llm_x")
+    S.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
+    assert conn.execute("select count(*) from retail_decisions").fetchall()[0][0] == 12
+    metrics = S.build_report(conn, log=lambda _: None)
+    assert set(zip(metrics["method"], metrics["split"], strict=True)) == {
+        (m, s) for m in ("llm_x", "always_p1") for s in ("test_all", "test_sparse", "test_new")
+    }
+    everything = sorted(TEST_CHOSEN)
+    sparse = ["b5|SNACKS", "b7|SNACKS"]
+    for method, frame, score in (("llm_x", run.decisions, "utility"),):
+        for split, eps in (("test_all", everything), ("test_sparse", sparse)):
+            h, n = _hand_metrics(frame, score, eps)
+            row = metrics.filter(method=method, split=split).row(0, named=True)
+            assert row["n_episodes"] == len(eps)
+            assert row["hit1"] == pytest.approx(h) and row["nll"] == pytest.approx(n)
+    # the baseline always ranks p1 first: hit@1 = share of p1 choices (b6, b8 of 4); nll = -ln 0.5 there
+    base = metrics.filter(method="always_p1", split="test_all").row(0, named=True)
+    assert base["hit1"] == pytest.approx(2 / 4) and base["hit3"] == pytest.approx(1.0)
+    assert base["nll"] == pytest.approx(-(2 * math.log(0.5) + math.log(0.3) + math.log(0.2)) / 4)
+    # its quantity: cust_mean_qty 2.4 -> 2 for c1's episodes (b6: 3, b8: 2), else prod_mean_qty_28d 1
+    # (b5: 1, b7: 1): MAE = (1 + 0 + 0 + 0) / 4
+    assert base["qty_mae"] == pytest.approx(0.25)
+    # the LLM's quantity: round(expected_qty of its top row), against the actual units
+    top = run.decisions.filter(pl.col("is_top"))
+    pred = {e: max(round(q), 1) for e, q in zip(top["episode_id"], top["expected_qty"], strict=True)}
+    mae = np.mean([abs(pred[e] - TEST_QTY[e]) for e in everything])
+    assert metrics.filter(method="llm_x", split="test_all")["qty_mae"][0] == pytest.approx(mae)
+    md = S.report_markdown(metrics)
+    assert "always_p1" in md and "llm_x" in md and "test_sparse" in md
+    png = S.plot_hit1(metrics, tmp_path / "p.png")
+    assert png.stat().st_size > 1000
+    conn.close()
+
+
+def test_report_without_decisions_or_baselines(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "e.duckdb"))
+    assert S.build_report(conn, log=lambda _: None).height == 0
+    conn.close()
+
+
+def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
+    from assets.simulation import (
+        RetailDecisionsConfig,
+        SimulationReportConfig,
+        retail_decisions,
+        simulation_report,
+    )
+    from resources.llm import LLMResource
+
+    build_warehouse(duckdb_resource.database)
+    with duckdb_resource.get_connection() as conn:  # an adapter row pointing at nothing: zero-shot
+        _q(conn, "create table lora_adapters (adapter_path varchar, base_model varchar, "
+                     "dagster_run_id varchar, mlflow_run_id varchar, created_at timestamp)")  # fmt: skip
+        _q(conn, "insert into lora_adapters values ('/nowhere', 'x', 'r0', 'm0', $t)", {"t": datetime.now()})
+    result = dg.materialize(
+        [retail_decisions, simulation_report],
+        resources={
+            "duckdb": duckdb_resource,
+            "mlflow": mlflow_resource,
+            "llm": LLMResource(model=str(tiny_model)),
+        },
+        run_config=dg.RunConfig(
+            {
+                "retail_decisions": RetailDecisionsConfig(n_per_split=0),
+                "simulation_report": SimulationReportConfig(),
+            }
+        ),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("retail_decisions")[0].metadata
+    assert meta["method"].value == "llm_zero_shot_utility" and meta["adapter"].value == "none"
+    assert meta["dagster/row_count"].value == 12 and meta["n_prompts"].value == 16
+    assert meta["backend"].value == "hf" and meta["tokens_per_sec"].value > 0
+    assert meta["mlflow_run_id"].value
+    rmeta = result.asset_materializations_for_node("simulation_report")[0].metadata
+    assert rmeta["dagster/row_count"].value == 2 * 3  # 2 methods x 3 splits
+    assert "test_all/llm_zero_shot_utility/hit1" in rmeta
+    with duckdb_resource.get_connection() as conn:
+        probs = conn.execute("select sum(prob) from retail_decisions group by episode_id").fetchall()
+        n = conn.execute("select count(*) from simulation_metrics").fetchall()[0][0]
+    assert [round(p[0], 9) for p in probs] == [1.0] * 4 and n == 6
