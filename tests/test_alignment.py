@@ -204,6 +204,28 @@ def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
     assert loss == pytest.approx(manual, rel=1e-4, abs=1e-4)
 
 
+def test_adapter_loads_in_the_scoring_engine(trained, tiny_model):
+    """The saved adapter, merged by the hf engine, gives the utilities of the unmerged peft model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from resources.hf_engine import HFEngine
+
+    words = ["apple", "stone", "plum"]
+    suffixes = [prompt(w, i)[len(SYSTEM) :] for i, w in enumerate(words)]
+    engine = HFEngine(tiny_model, adapter_path=trained.adapter_dir, progress=False)
+    got = engine.score_options(SYSTEM, suffixes)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, trained.adapter_dir).eval()
+    for u, suffix in zip(got, suffixes, strict=True):
+        ids = tok(SYSTEM + suffix, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(peft_model(input_ids=ids).logits[0, -1].float(), -1)
+        assert u == pytest.approx((logp[YES_ID] - logp[NO_ID]).item(), abs=1e-3)
+
+
 def test_time_budget_stops_training(tiny_model, tmp_path):
     rows = toy_rows(2)
     cfg = L.LoraTrainSettings(**{**FAST, "max_minutes": 2.0 / 60, "epochs": 50.0})

@@ -52,6 +52,7 @@ class LoraTrainSettings:
     max_minutes: float = 12.0  # wall-clock budget of the training loop (evaluation excluded)
     max_length: int = 512  # tokens per example; longer ones are truncated from the start (keep the answer)
     bf16_autocast: bool = True  # bf16 autocast (CPU or GPU) where the device supports it
+    gradient_checkpointing: bool = False  # trl turns it on by default; it recomputes the forward (slower)
     logging_steps: int = 5  # steps between two points of the loss curve
     seed: int = 0  # seed of the LoRA init, the shuffling and the dropout
     num_threads: int = 2  # torch CPU threads (this machine has 2 cores); 0 = torch's default
@@ -274,6 +275,40 @@ def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log):
     return TimeBudget()
 
 
+def answer_positions_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
+    """Mean cross-entropy of the completion tokens, projecting through the LM head ONLY the positions that
+    predict a completion token (one per utility example) instead of every position of the sequence: the
+    backbone runs as usual (LoRA included), the head on a few rows. Same value as the full causal-LM loss."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(**kwargs).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logits = base.get_output_embeddings()(hidden[mask]).float()
+    total = F.cross_entropy(logits, targets[mask], reduction="sum")
+    denom = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+    return total / torch.as_tensor(denom, device=total.device).clamp(min=1)
+
+
+def _answer_head_trainer(base_cls, device: str, bf16: bool):
+    """SFTTrainer whose loss is answer_positions_loss under an explicit bf16 autocast. Measured here with
+    transformers 5.24: `bf16=True` on CPU does NOT autocast the forward (it ran in fp32), and trl's fused head
+    projects every position on CPU; the explicit autocast and the answer-only head fix both."""
+    import torch
+
+    class AnswerHeadSFTTrainer(base_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = answer_positions_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+
+    return AnswerHeadSFTTrainer
+
+
 def build_trainer(
     model_path: str | Path, train_rows, eval_rows, cfg: LoraTrainSettings, work_dir: Path, log: Log
 ):
@@ -315,15 +350,16 @@ def build_trainer(
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=use_bf16,
+        bf16=use_bf16 and device == "cuda",  # CPU: the explicit autocast of compute_loss
         use_cpu=device == "cpu",
         max_length=cfg.max_length,
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     state: dict[str, Any] = {"history": [], "stopped_by_time": False, "n": len(train_ds) * cfg.epochs}
-    trainer = SFTTrainer(
+    trainer = _answer_head_trainer(SFTTrainer, device, use_bf16)(
         model=model,
         args=args,
         train_dataset=train_ds,
