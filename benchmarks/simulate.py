@@ -24,6 +24,7 @@ the naive loop, tokens/s, achieved GFLOP/s and its share of the fp32 matmul peak
 - peak: the best median GFLOP/s of torch fp32 matmuls of the model's shapes (tokens x hidden @ hidden x
   intermediate, and a square one) on the same threads, measured before and after the modes; the higher of
   the two runs is the peak (neighbours' load only lowers it).
+- warm-up: each mode runs once, untimed, on the first episode before the timed runs (--no-warmup skips it).
 - load: os.getloadavg() before and after each mode; the machine may be shared with other processes.
 
 Episodes: from a warehouse (`--warehouse PATH`, opened read-only; default data/malles.duckdb if it exists):
@@ -313,7 +314,7 @@ def format_table(results: list[ModeResult], n_params: int, n_non_emb: int, peak:
     naive = next((r for r in results if r.mode == "naive"), None)
     head = (
         "| mode | episodes | seconds | decisions/s | ratio to naive | tokens/s computed | tokens/s prompt-equiv."
-        " | GFLOP/s (all params) | share of peak | share (non-emb. params) | load before/after |"
+        " | tokens/decision | GFLOP/s (all params) | share of peak | share (non-emb. params) | load before/after |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
@@ -322,7 +323,8 @@ def format_table(results: list[ModeResult], n_params: int, n_non_emb: int, peak:
         gflops_ne = 2 * n_non_emb * r.tokens_per_s / 1e9
         lines.append(
             f"| {MODE_LABELS[r.mode]} | {r.episodes} | {r.seconds:.1f} | {r.decisions_per_s:.3f} | "
-            f"{ratio:.1f}x | {r.tokens_per_s:.0f} | {r.prompt_tokens_per_s:.0f} | {gflops:.1f} | "
+            f"{ratio:.1f}x | {r.tokens_per_s:.0f} | {r.prompt_tokens_per_s:.0f} | {r.tokens / r.episodes:.0f} | "
+            f"{gflops:.1f} | "
             f"{gflops / peak:.0%} | {gflops_ne / peak:.0%} | {r.load_before:.2f}/{r.load_after:.2f} |"
         )
     return lines
@@ -345,6 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--synthetic", action="store_true", help="synthetic episodes even if a warehouse exists")
     ap.add_argument("--seed", type=int, default=0, help="episode sample order / synthetic generator")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up")
     ap.add_argument("--peak-seconds", type=float, default=0.3, help="time per repeat of each peak matmul")
     return ap.parse_args(argv)
 
@@ -393,16 +396,21 @@ def main(argv: list[str] | None = None) -> dict:
     peak_runs = [matmul_peak(hidden, inter, min_seconds=args.peak_seconds)]
     results: list[ModeResult] = []
     naive_n = len(episodes) if args.naive_episodes <= 0 else min(args.naive_episodes, len(episodes))
-    for mode in MODES:
-        if mode not in args.modes:
-            continue
-        print(f"running {MODE_LABELS[mode]} ...", flush=True)
+
+    def run(mode: str, eps: list[BenchEpisode]) -> ModeResult:
         if mode == "naive":
-            r = run_naive(engine, episodes[:naive_n])
-        elif mode == "listwise_score":
-            r = run_listwise_score(engine, episodes)
-        else:
-            r = run_utility(engine, episodes, reuse=mode == "utility_reuse")
+            return run_naive(engine, eps)
+        if mode == "listwise_score":
+            return run_listwise_score(engine, eps)
+        return run_utility(engine, eps, reuse=mode == "utility_reuse")
+
+    selected = [m for m in MODES if m in args.modes]
+    if args.warmup:  # one untimed episode per mode: first-call allocations and kernel choices stay out
+        for mode in selected:
+            run(mode, episodes[:1])
+    for mode in selected:
+        print(f"running {MODE_LABELS[mode]} ...", flush=True)
+        r = run(mode, episodes[:naive_n] if mode == "naive" else episodes)
         print(f"  {r.episodes} decisions in {r.seconds:.1f} s ({r.decisions_per_s:.3f}/s)", flush=True)
         results.append(r)
     peak_runs.append(matmul_peak(hidden, inter, min_seconds=args.peak_seconds))
