@@ -30,7 +30,12 @@ class RetailDecisionsConfig(dg.Config):
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
 
 
-@dg.asset(group_name="simulation", kinds={"python", "pytorch", "duckdb"}, deps=["sft_prompt_dataset"])
+@dg.asset(
+    group_name="simulation",
+    kinds={"python", "pytorch", "duckdb"},
+    # lora_adapter: the newest adapter is used when there is one (use_adapter); zero-shot otherwise
+    deps=["sft_prompt_dataset", "lora_adapter"],
+)
 def retail_decisions(
     context: dg.AssetExecutionContext,
     config: RetailDecisionsConfig,
