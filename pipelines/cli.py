@@ -66,7 +66,9 @@ def _source_run_config(source: str, data: Path) -> tuple[dict, str]:
     p = Path(source)
     if p.suffix in {".yaml", ".yml"}:
         if not p.exists():
-            raise UsageError(f"mapping file {p} does not exist: pass a built-in source name or a mapping YAML")
+            raise UsageError(
+                f"mapping file {p} does not exist: pass a built-in source name or a mapping YAML"
+            )
         load_mapping(str(p.resolve()))
         return {"sources": [str(p.resolve())]}, p.stem
     load_mapping(source)
@@ -98,9 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     timer = StageTimer(console)
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False
-        )
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
         timer.report(instance, result.run_id)
     wall = time.perf_counter() - t0
     if not result.success:
@@ -120,7 +120,9 @@ def _apply_override(run_config: dict, override: str) -> None:
         raise UsageError(f"--config {override!r}: write it as OP.FIELD=VALUE, e.g. baseline_report.seed=1")
     key, value = override.split("=", 1)
     op, field = key.split(".", 1)
-    run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})[field] = yaml.safe_load(value)
+    run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})[field] = yaml.safe_load(
+        value
+    )
 
 
 # --------------------------------------------------------------------------- ingest
@@ -135,7 +137,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from assets.ingest.logic import ensure_schema, ingest_source, load_mapping
 
     mapping = load_mapping(args.mapping)
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".csv", ".parquet"}) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix.lower() in {".csv", ".parquet"})
+        if path.is_dir()
+        else [path]
+    )
     if not files:
         raise UsageError(f"no .csv or .parquet files under {path}")
     from resources.duckdb import warehouse
@@ -162,8 +168,14 @@ def _print_reports(console, reports) -> None:
     for r in reports:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted((r.reasons or {}).items()))
         table.add_row(
-            Path(r.source_file).name, r.table_name, r.status, str(r.rows_in), str(r.rows_loaded),
-            str(r.rows_quarantined), str(r.rows_duplicate), reasons,
+            Path(r.source_file).name,
+            r.table_name,
+            r.status,
+            str(r.rows_in),
+            str(r.rows_loaded),
+            str(r.rows_quarantined),
+            str(r.rows_duplicate),
+            reasons,
         )
     console.print(table)
 
@@ -202,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse", help="DuckDB file (default: <data-dir>/malles.duckdb for Complete Journey)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="materialize the pipeline end to end (main_job) and print where results are")
+    r = sub.add_parser(
+        "run", help="materialize the pipeline end to end (main_job) and print where results are"
+    )
     r.add_argument(
         "--source",
         default="completejourney",
@@ -214,10 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("ingest", help="load CSV/Parquet files into the warehouse through a source mapping")
     i.add_argument("path", help="a file or a folder of files")
-    i.add_argument("--mapping", required=True, help="mapping YAML (or a built-in name: completejourney, canonical)")
+    i.add_argument(
+        "--mapping", required=True, help="mapping YAML (or a built-in name: completejourney, canonical)"
+    )
     i.set_defaults(func=cmd_ingest)
 
-    s = sub.add_parser("synth", help="draw a synthetic market with known ground truth (canonical files + truth/)")
+    s = sub.add_parser(
+        "synth", help="draw a synthetic market with known ground truth (canonical files + truth/)"
+    )
     s.add_argument("--out", help="output folder (default: <data-dir>/landing/synthetic)")
     s.add_argument("--seed", type=int, help="random seed")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a SynthConfig field")

@@ -83,4 +83,6 @@ def print_results(console, result, data: Path, wall: float) -> None:
                 console.print(f"  {mat.asset_key.to_user_string():<19} {md[key].value}")
                 break
     console.print(f"  MLflow              mlflow ui --backend-store-uri sqlite:///{data / 'mlflow.db'}")
-    console.print(f"  Dagster UI          DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} dagster dev -w workspace.yaml")
+    console.print(
+        f"  Dagster UI          DAGSTER_HOME={os.environ.get('DAGSTER_HOME')} dagster dev -w workspace.yaml"
+    )

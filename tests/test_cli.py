@@ -97,7 +97,9 @@ def test_ingest_command_counts_add_up_and_reingest_is_noop(data_dir):
 def test_ingest_command_rejects_file_missing_columns(data_dir):
     bad = data_dir / "transactions.csv"
     bad.write_text("txn_id,basket_id\nt1,b1\n", encoding="utf-8")
-    out = _run(["--warehouse", str(data_dir / "w.duckdb"), "ingest", str(bad), "--mapping", "canonical"], data_dir)
+    out = _run(
+        ["--warehouse", str(data_dir / "w.duckdb"), "ingest", str(bad), "--mapping", "canonical"], data_dir
+    )
     assert out.returncode == 1
     assert "rejected" in out.stdout and "customer_id" in out.stdout
 
@@ -109,7 +111,9 @@ def test_synth_command_writes_canonical_files_and_truth_apart(data_dir):
     for name in ("transactions.parquet", "products.parquet", "customers.parquet"):
         assert (out_dir / name).exists()
     assert (out_dir / "truth" / "customers_truth.parquet").exists()
-    n = duckdb.execute(f"select count(distinct customer_id) from '{out_dir / 'customers.parquet'}'").fetchone()[0]
+    n = duckdb.execute(
+        f"select count(distinct customer_id) from '{out_dir / 'customers.parquet'}'"
+    ).fetchone()[0]
     assert n >= 40
 
 

@@ -47,13 +47,20 @@ def test_every_job_resolves():
     assert {"ingest_job", "features_job", "prompts_job", "evaluation_job", "main_job"} <= set(jobs)
     main_nodes = {n for n in jobs["main_job"].graph.node_dict}
     assert "synthetic_market" not in main_nodes and "lora_adapter" not in main_nodes
-    assert {"lora_adapter", "retail_decisions", "simulation_report"} <= set(jobs["agents_job"].graph.node_dict)
+    assert {"lora_adapter", "retail_decisions", "simulation_report"} <= set(
+        jobs["agents_job"].graph.node_dict
+    )
 
 
 def test_asset_checks_present():
     keys = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"txn_ids_unique", "ingest_counts_add_up", "every_choice_set_holds_its_actual_product",
-            "splits_disjoint", "prices_non_negative"} <= keys
+    assert {
+        "txn_ids_unique",
+        "ingest_counts_add_up",
+        "every_choice_set_holds_its_actual_product",
+        "splits_disjoint",
+        "prices_non_negative",
+    } <= keys
 
 
 def test_importing_definitions_stays_light():

@@ -23,7 +23,9 @@ def _free_port() -> int:
 @pytest.fixture
 def dagster_dev(tmp_path):
     port = _free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), MALLES_DATA_DIR=str(tmp_path / "data"))
+    env = dict(
+        os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), MALLES_DATA_DIR=str(tmp_path / "data")
+    )
     os.makedirs(env["DAGSTER_HOME"])
     with open(os.path.join(env["DAGSTER_HOME"], "dagster.yaml"), "w") as f:
         f.write("telemetry:\n  enabled: false\n")
