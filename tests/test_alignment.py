@@ -361,6 +361,8 @@ def test_lora_adapter_asset(tiny_model, data_dir, duckdb_resource, mlflow_resour
     client = MlflowClient(tracking_uri=mlflow_resource.resolved_tracking_uri())
     versions = client.search_model_versions("name='test-adapter'")
     assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].tags["dataset_run_id"] == "prompts-run-1"
+    assert versions[0].tags["base_model"] == str(tiny_model)
     run = client.get_run(row["mlflow_run_id"])
     assert run.data.tags["dataset_run_id"] == "prompts-run-1"
     assert run.data.tags["dagster_run_id"] == result.run_id

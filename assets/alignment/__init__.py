@@ -26,6 +26,10 @@ class LoraAdapterConfig(dg.Config):
     max_train_examples: int = 8000  # rows drawn (seeded); the 12-min budget uses ~3-4k; 0 = all rows
     eval_examples: int = 200  # val rows for the eval loss before and after training
     bf16_autocast: bool = True  # bf16 autocast for training (NOTES: ~2.4x faster than fp32 on CPU)
+    gradient_checkpointing: bool = (
+        False  # recompute activations: saves memory, costs time (trl's default is on)
+    )
+    logging_steps: int = 5  # optimizer steps between two points of the loss curve
     forms: list[str] = ["utility"]  # forms trained on; listwise learnt nothing useful on CPU (NOTES)
     listwise_share: float = 0.25  # share of listwise/quantity rows when forms include them with utility
     max_length: int = 512  # tokens per example (longer ones lose their start; prompts are ~120-320)
@@ -79,7 +83,12 @@ def lora_adapter(
             mlf.log_metric("train_loss_curve", point["loss"], step=int(point["step"]))
         mlf.log_metrics(logic.finite(result.metrics()))
         mlf.log_artifact(str(png))
-        model_uri, version = logic.log_and_register_adapter(out_dir, model_path, config.registered_model)
+        model_uri, version = logic.log_and_register_adapter(
+            out_dir,
+            model_path,
+            config.registered_model,
+            tags={"base_model": config.base_model, "dataset_run_id": files["run_id"]},
+        )
     row = logic.adapter_row(context.run.run_id, run.info.run_id, version, result, config.base_model, files)
     with duckdb.get_connection() as conn:
         logic.write_adapter_row(conn, row)

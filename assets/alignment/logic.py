@@ -511,10 +511,10 @@ class AdapterModel:
 
 
 def log_and_register_adapter(
-    adapter_dir: str | Path, base_model: str, name: str = REGISTERED_MODEL
+    adapter_dir: str | Path, base_model: str, name: str = REGISTERED_MODEL, tags: dict[str, str] | None = None
 ) -> tuple[str, str]:
-    """Log the adapter folder as an MLflow pyfunc model inside the ACTIVE run and register it under `name`.
-    Returns (model_uri, registered version)."""
+    """Log the adapter folder as an MLflow pyfunc model inside the ACTIVE run and register it under `name`
+    (the version tagged with `tags`, e.g. base_model and dataset_run_id). Returns (model_uri, version)."""
     import mlflow
     import mlflow.pyfunc
 
@@ -525,7 +525,7 @@ def log_and_register_adapter(
         artifacts={"adapter": str(adapter_dir)},
         pip_requirements=["peft", "transformers", "torch"],
     )
-    version = mlflow.register_model(info.model_uri, name)
+    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
     return info.model_uri, str(version.version)
 
 
