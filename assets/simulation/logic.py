@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from assets.evaluation.baselines import SPLITS, qty_customer_mean, split_membership
+from assets.evaluation.logic import METRIC_NAMES, headline_metrics  # noqa: F401 - shared with the baseline report
 from assets.evaluation.metrics import evaluate_splits
 from assets.prompts import logic as P
 from assets.prompts import templates as T
@@ -60,7 +61,6 @@ REPORT_SCHEMA = {
     "qty_wape": pl.Float64,
     "share_jsd": pl.Float64,
 }
-METRIC_NAMES = ["hit1", "hit3", "nll", "qty_mae", "qty_wape", "share_jsd"]
 
 
 @dataclass
@@ -484,17 +484,6 @@ def report_markdown(metrics: pl.DataFrame) -> str:
         out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)]
         out.append("")
     return "\n".join(out)
-
-
-def headline_metrics(metrics: pl.DataFrame) -> dict[str, float]:
-    """`{split}/{method}/{metric}` -> float for every defined metric."""
-    out = {}
-    for r in metrics.iter_rows(named=True):
-        for m in METRIC_NAMES:
-            v = r[m]
-            if v is not None and not math.isnan(v):
-                out[f"{r['split']}/{r['method']}/{m}"] = float(v)
-    return out
 
 
 def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
