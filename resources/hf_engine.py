@@ -93,6 +93,16 @@ def parse_answer(text: str, allowed: list[str] | tuple[str, ...]) -> str | None:
     return s if s in set(allowed) else None
 
 
+def check_sample_args(temperature: float, allowed: list[str] | tuple[str, ...]) -> None:
+    """Sample mode's preconditions, shared by both engines."""
+    if temperature <= 0:
+        raise ValueError(
+            f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
+        )
+    if not allowed:
+        raise ValueError("sample mode needs at least one allowed answer")
+
+
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids of rendered prompt text (the chat template already holds the special tokens)."""
     return tokenizer(text, add_special_tokens=False).input_ids
@@ -472,12 +482,7 @@ class HFEngine:
         """k answers per prompt at `temperature`, each exactly one of `allowed` or counted as a failure."""
         import torch
 
-        if temperature <= 0:
-            raise ValueError(
-                f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
-            )
-        if not allowed:
-            raise ValueError("sample mode needs at least one allowed answer")
+        check_sample_args(temperature, allowed)
         t0 = time.perf_counter()
         enc = [self.encode(p) for p in prompts]
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []

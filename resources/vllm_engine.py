@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from resources.hf_engine import EngineStats, SampleResult, answer_token_ids, encode, parse_answer
+from resources.hf_engine import (
+    EngineStats,
+    SampleResult,
+    answer_token_ids,
+    check_sample_args,
+    encode,
+    parse_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +218,7 @@ class VLLMEngine:
         max_retries: int = 2,
     ) -> list[SampleResult]:
         """k answers per prompt under structured outputs; unparseable ones retried and counted."""
-        if temperature <= 0:
-            raise ValueError(
-                f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
-            )
-        if not allowed:
-            raise ValueError("sample mode needs at least one allowed answer")
+        check_sample_args(temperature, allowed)
         t0 = time.perf_counter()
         choice = self._choice(list(allowed))
         seqs = [self.encode(p) for p in prompts]
