@@ -97,29 +97,28 @@ def make_warehouse(path: Path) -> None:
         """
         create table raw_transactions (txn_id varchar, basket_id varchar, ts timestamp, customer_id varchar,
             product_id varchar, quantity bigint, unit_price double, list_price double, channel varchar,
-            source varchar, file_sha256 varchar)
+            file_id integer)
         """
     )
     conn.executemany(
         "insert into raw_transactions (txn_id, basket_id, customer_id, ts, product_id, quantity, unit_price, "
-        "list_price, channel, source, file_sha256) values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'test', 'f')",
+        "list_price, channel, file_id) values (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
         [(f"t{i}", *row) for i, row in enumerate(LINES)],
     )
     conn.execute(
         """
         create table products (product_id varchar, category varchar, brand varchar, department varchar,
-            description varchar, attributes varchar, is_merchandise boolean, source varchar, file_sha256 varchar)
+            description varchar, attributes varchar, is_merchandise boolean, file_id integer)
         """
     )
     conn.executemany(
-        "insert into products values (?, ?, ?, ?, null, null, ?, 'test', 'f')",
+        "insert into products values (?, ?, ?, ?, null, null, ?, 1)",
         [(p, c, b, d, m) for p, c, b, d, m in PRODUCTS],
     )
     conn.execute(
-        "create table customers (customer_id varchar, segment varchar, attributes varchar, source varchar, "
-        "file_sha256 varchar)"
+        "create table customers (customer_id varchar, segment varchar, attributes varchar, file_id integer)"
     )
-    conn.executemany("insert into customers values (?, ?, null, 'test', 'f')", CUSTOMERS)
+    conn.executemany("insert into customers values (?, ?, null, 1)", CUSTOMERS)
     conn.close()
 
 
@@ -532,7 +531,7 @@ def build_completejourney_scratch(path: str | Path) -> None:
             cast(household_id as varchar) as customer_id, cast(product_id as varchar) as product_id,
             quantity::bigint as quantity, sales_value / quantity as unit_price,
             (sales_value + retail_disc + coupon_match_disc) / quantity as list_price, 'retail' as channel,
-            'completejourney' as source, 'scratch' as file_sha256
+            0 as file_id
         from t
         """,
         {"t": t, "p": p},
@@ -544,7 +543,7 @@ def build_completejourney_scratch(path: str | Path) -> None:
             product_type as description, null::varchar as attributes,
             not (coalesce(department in ('FUEL', 'MISCELLANEOUS', 'COUPON'), false)
                  or coalesce(product_category = 'COUPON/MISC ITEMS', false)) as is_merchandise,
-            'completejourney' as source, 'scratch' as file_sha256
+            0 as file_id
         from read_parquet($p)
         """,
         {"p": p},
@@ -554,7 +553,7 @@ def build_completejourney_scratch(path: str | Path) -> None:
         create or replace table customers as
         with h as (select distinct household_id from read_parquet($t))
         select cast(h.household_id as varchar) as customer_id, d.income as segment, null::varchar as attributes,
-            'completejourney' as source, 'scratch' as file_sha256
+            0 as file_id
         from h left join read_parquet($d) as d using (household_id)
         """,
         {"t": t, "d": d},

@@ -88,8 +88,16 @@ def test_clean_canonical_csv_loads_every_table(tmp_path, conn):
         ("customers", "loaded", 2, 2),
         ("transactions", "loaded", 3, 3),
     ]
-    row = q(conn, "select * exclude (file_sha256) from raw_transactions where txn_id = 't3'")[0]
-    assert row[1:] == ("b2", row[2], "c2", "p1", 3, 1.25, 2.0, "wholesale", "tiny")
+    row = q(conn, "select * exclude (file_id) from raw_transactions where txn_id = 't3'")[0]
+    assert row[1:] == ("b2", row[2], "c2", "p1", 3, 1.25, 2.0, "wholesale")
+    # every loaded row carries its file's ledger id, which names the source and the content hash
+    assert q(
+        conn,
+        "select distinct l.source, l.table_name, l.file_sha256 = $s from raw_transactions t "
+        "join ingest_ledger l using (file_id)",
+        {"s": reports[2].file_sha256},
+    ) == [("tiny", "transactions", True)]
+    assert [r.file_id for r in reports] == [1, 2, 3]
     assert str(row[2]) == "2024-01-02 11:30:00"
     # the extra products column `size` is kept in attributes; blank description is NULL
     assert q(
@@ -447,6 +455,17 @@ def test_bad_mapping_is_a_one_line_error_naming_the_fix(tmp_path, text, needle):
     assert needle in msg and "\n" not in msg and str(path) in msg
 
 
+def test_warehouse_of_an_older_contract_is_a_one_line_error_naming_the_fix(tmp_path):
+    path = tmp_path / "old.duckdb"
+    c = duckdb.connect(str(path))
+    c.execute("create table raw_transactions (txn_id varchar, source varchar, file_sha256 varchar)")
+    with pytest.raises(MappingError) as e:
+        logic.ensure_schema(c)
+    c.close()
+    msg = str(e.value)
+    assert "older MALLES table contract" in msg and str(path) in msg and "delete" in msg and "\n" not in msg
+
+
 def test_unknown_builtin_source_names_the_builtins():
     with pytest.raises(MappingError, match="canonical, completejourney"):
         load_mapping("nosuchsource")
@@ -557,7 +576,7 @@ def test_completejourney_slice_through_the_builtin_mapping(tmp_path, conn):
 def _insert_tx(conn, rows):
     for r in rows:
         conn.execute(
-            "insert into raw_transactions values (?, 'b', timestamp '2024-01-01', 'c', 'p', ?, ?, ?, 'retail', 's', 'h')",
+            "insert into raw_transactions values (?, 'b', timestamp '2024-01-01', 'c', 'p', ?, ?, ?, 'retail', 1)",
             r,
         )
 

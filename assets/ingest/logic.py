@@ -107,6 +107,9 @@ class FileReport:
     reasons: dict[str, int] = field(default_factory=dict)  # quarantined rows by reason code
     source: str = ""  # the mapping's source name
     seconds: float = 0.0
+    file_id: int = (
+        0  # ingest_ledger.file_id: the short id every loaded row of the file carries (0: not loaded)
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,7 +169,21 @@ def sha256_file(path: str | Path) -> str:
 
 
 def ensure_schema(conn) -> None:
-    """Create the ingest tables (raw_transactions, products, customers, quarantined_rows, ingest_ledger)."""
+    """Create the ingest tables (raw_transactions, products, customers, quarantined_rows, ingest_ledger).
+
+    A warehouse written by an older table contract (rows carrying source and file_sha256 instead of file_id)
+    is refused with a one-line error naming the fix, rather than mixed with rows of the new contract."""
+    old = _run(
+        conn,
+        "select table_name from duckdb_columns() where schema_name = 'main' and column_name = 'file_sha256' "
+        "and table_name in ('raw_transactions', 'products', 'customers') order by table_name",
+    )
+    if old:
+        path = _scalar(conn, "select path from duckdb_databases() where database_name = current_database()")
+        raise MappingError(
+            f"the warehouse {path} was written by an older MALLES table contract ({old[0][0]} has file_sha256 "
+            "instead of file_id); delete that file (or point MALLES_DUCKDB_PATH at a new one) and ingest again"
+        )
     for table in INGEST_TABLES:
         conn.execute(load_sql(f"ingest/create_{table}"))
 
@@ -265,6 +282,7 @@ def ingest_file(conn, mapping: Mapping, table: str, path: str | Path, log=None) 
             if prev:  # an earlier rejected attempt at the same content: replaced by this one
                 _run(conn, load_sql("ingest/delete_quarantined_rows_of_file"), {"file_sha256": sha})
                 _run(conn, load_sql("ingest/delete_ingest_ledger_entry"), {"file_sha256": sha})
+            report.file_id = int(_scalar(conn, "select coalesce(max(file_id), 0) + 1 from ingest_ledger"))
             _load_file(conn, mapping, table, path, report, log, reject)
             _write_ledger(conn, report)
             conn.execute("commit")
@@ -333,6 +351,7 @@ def _load_file(conn, mapping: Mapping, table: str, path: Path, report: FileRepor
     base = {
         "source_file": str(path),
         "file_sha256": report.file_sha256,
+        "file_id": report.file_id,
         "table_name": table,
         "source": mapping.name,
     }
@@ -664,8 +683,8 @@ def check_ingest_counts_add_up(conn) -> tuple[bool, dict[str, Any]]:
     )
     bad_loaded = _run(
         conn,
-        "select l.source_file from ingest_ledger l left join (select file_sha256, count(*) n from raw_transactions "
-        "group by all union all select file_sha256, count(*) from products group by all) t using (file_sha256) "
+        "select l.source_file from ingest_ledger l left join (select file_id, count(*) n from raw_transactions "
+        "group by all union all select file_id, count(*) from products group by all) t using (file_id) "
         "where l.table_name in ('transactions', 'products') and coalesce(t.n, 0) <> l.rows_loaded",
     )
     files = int(_scalar(conn, "select count(*) from ingest_ledger"))

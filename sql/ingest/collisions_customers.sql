@@ -12,7 +12,7 @@ repeated as (
 existing as (
     select
         w.*,
-        w.file_sha256 in (select file_sha256 from ingest_ledger where table_name = 'transactions') as is_placeholder
+        w.file_id in (select file_id from ingest_ledger where table_name = 'transactions') as is_placeholder
     from customers as w
     where w.customer_id in (select customer_id from valid)
 ),

@@ -3,6 +3,5 @@ create table if not exists customers (
     customer_id varchar not null,
     segment varchar,
     attributes varchar,
-    source varchar not null,
-    file_sha256 varchar not null
+    file_id integer not null  -- the file the row came from: ingest_ledger.file_id
 )

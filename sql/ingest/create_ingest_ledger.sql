@@ -1,6 +1,7 @@
 -- ingest_ledger: one row per ingested file, keyed by content hash; rows_in = loaded + quarantined + duplicate.
 create table if not exists ingest_ledger (
     file_sha256 varchar primary key,
+    file_id integer not null unique,  -- short id the loaded rows carry (raw_transactions.file_id, ...)
     source_file varchar not null,
     source varchar not null,
     table_name varchar not null,

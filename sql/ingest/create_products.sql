@@ -7,6 +7,5 @@ create table if not exists products (
     description varchar,
     attributes varchar,
     is_merchandise boolean not null,
-    source varchar not null,
-    file_sha256 varchar not null
+    file_id integer not null  -- the file the row came from: ingest_ledger.file_id
 )

@@ -10,6 +10,5 @@ create table if not exists raw_transactions (
     unit_price double not null,
     list_price double not null,
     channel varchar not null,
-    source varchar not null,
-    file_sha256 varchar not null
+    file_id integer not null  -- the file the row came from: ingest_ledger.file_id
 )

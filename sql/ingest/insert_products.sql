@@ -2,7 +2,7 @@
 insert into products
 select
     t.product_id, t.category, t.brand, t.department, t.description, t.attributes, t.is_merchandise,
-    $source, $file_sha256
+    $file_id
 from _typed as t
 anti join _collisions as c on c._row = t._row
 where t._reason is null

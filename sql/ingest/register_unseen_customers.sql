@@ -1,7 +1,7 @@
 -- Customers of the transaction lines just loaded from this file that no customer file lists, registered with
 -- a NULL segment (only when the mapping says its customer file is not exhaustive).
 insert into customers
-select distinct t.customer_id, null, null, $source, $file_sha256
+select distinct t.customer_id, null, null, $file_id
 from raw_transactions as t
 anti join customers as k on k.customer_id = t.customer_id
-where t.file_sha256 = $file_sha256
+where t.file_id = $file_id
