@@ -92,10 +92,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.job not in names:
         raise UsageError(f"--job {args.job}: unknown job; jobs: {', '.join(names)}")
     job = defs.resolve_job_def(args.job)
-    run_config = {"ops": {ingest_op_name(job): {"config": ingest_config}}} if ingest_op_name(job) else {}
+    from pipelines.profiles import profile_run_config
+
+    op_names = {node.name for node in job.graph.node_dict.values()}
+    run_config = profile_run_config(args.profile, op_names)
+    if ingest_op_name(job):
+        run_config["ops"][ingest_op_name(job)] = {"config": ingest_config}
     for override in args.config or []:
         _apply_override(run_config, override)
-    console.print(f"[bold]malles run[/bold]: job {args.job}, source {args.source}")
+    console.print(f"[bold]malles run[/bold]: job {args.job}, profile {args.profile}, source {args.source}")
     console.print(f"  warehouse  {os.environ.get('MALLES_DUCKDB_PATH', data / 'malles.duckdb')}")
     timer = StageTimer(console)
     t0 = time.perf_counter()
@@ -223,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="'completejourney' (default, embedded), 'synthetic', or a mapping YAML of your own data",
     )
     r.add_argument("--job", default="main_job", help="job to run (main_job, ingest_job, features_job, ...)")
+    r.add_argument(
+        "--profile",
+        default="quick",
+        choices=["quick", "full"],
+        help="quick (default: <= 25 min on 2 cores, N=100 per split) or full (N=2,000 per split; hours on CPU)",
+    )
     r.add_argument("--config", action="append", metavar="OP.FIELD=VALUE", help="override one config field")
     r.set_defaults(func=cmd_run)
 

@@ -3,8 +3,7 @@
 import dagster as dg
 
 STAGES = ["ingest", "features", "prompts", "alignment", "simulation", "evaluation"]  # the Dagster groups
-# The LLM stages are not yet part of main_job: their quick profile (<= 25 minutes on 2 cores) is still
-# being tuned (issue 3); they run as agents_job on top of main_job's tables.
+# The LLM stages (also runnable alone as agents_job on top of the other stages' tables).
 LLM_STAGES = ["alignment", "simulation"]
 
 # The synthetic market writes files for tests and demos; it is never part of the main job.
@@ -37,8 +36,10 @@ agents_job = dg.define_asset_job(
 )
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.groups(*STAGES) - dg.AssetSelection.groups(*LLM_STAGES) - SYNTHETIC,
-    description="The whole pipeline end to end: ingest -> features -> prompts -> evaluation.",
+    selection=dg.AssetSelection.groups(*STAGES) - SYNTHETIC,
+    description="The whole pipeline end to end: ingest -> features -> prompts -> baselines -> LoRA "
+    "post-training -> the agents decide -> eval_report. Asset defaults are the quick profile "
+    "(pipelines/profiles.py; `malles run --profile full` for N = 2,000).",
 )
 synthetic_market_job = dg.define_asset_job(
     "synthetic_market_job",

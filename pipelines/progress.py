@@ -60,18 +60,19 @@ def print_results(console, result, data: Path, wall: float) -> None:
     console.print(f"[green]run {result.run_id} succeeded in {wall:.0f} s[/green]")
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     # The headline table of what this run produced: the LLM report if it ran, else the baselines.
-    table_name = "simulation_metrics" if "simulation_report" in materialized else "baseline_metrics"
+    table_name = "eval_metrics" if "eval_report" in materialized else "baseline_metrics"
     try:
         import duckdb
 
         with duckdb.connect(db_path, read_only=True) as conn:
+            sample = "sample, " if table_name == "eval_metrics" else ""
             df = conn.sql(
-                "select split, method, n_episodes, hit1, hit3, nll, qty_mae, qty_wape, share_jsd "
-                f"from {table_name} order by split, hit1 desc nulls last"
+                f"select {sample}split, method, n_episodes, hit1, hit3, nll, qty_mae, qty_wape, share_jsd "
+                f"from {table_name} order by {sample}split, hit1 desc nulls last"
             ).pl()
         table = Table(title=f"{table_name} (also in MLflow and in the Dagster UI)")
         for c in df.columns:
-            table.add_column(c, justify="right" if c not in {"split", "method"} else "left")
+            table.add_column(c, justify="right" if c not in {"sample", "split", "method"} else "left")
         for row in df.iter_rows():
             table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
         console.print(table)

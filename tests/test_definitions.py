@@ -21,7 +21,7 @@ EXPECTED_ASSETS = {
     "sft_prompt_dataset",
     "lora_adapter",
     "retail_decisions",
-    "simulation_report",
+    "eval_report",
     "baseline_report",
 }
 
@@ -46,10 +46,9 @@ def test_every_job_resolves():
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     assert {"ingest_job", "features_job", "prompts_job", "evaluation_job", "main_job"} <= set(jobs)
     main_nodes = {n for n in jobs["main_job"].graph.node_dict}
-    assert "synthetic_market" not in main_nodes and "lora_adapter" not in main_nodes
-    assert {"lora_adapter", "retail_decisions", "simulation_report"} <= set(
-        jobs["agents_job"].graph.node_dict
-    )
+    assert "synthetic_market" not in main_nodes
+    assert {"ingest", "baseline_report", "lora_adapter", "retail_decisions", "eval_report"} <= main_nodes
+    assert {"lora_adapter", "retail_decisions", "eval_report"} <= set(jobs["agents_job"].graph.node_dict)
 
 
 def test_asset_checks_present():

@@ -1,4 +1,5 @@
-"""End to end: `malles run --source synthetic` materializes the main job and leaves a traceable report."""
+"""End to end: `malles run --source synthetic` materializes the main job (with a few minutes of LoRA training
+and a small simulation sample) and leaves a traceable report."""
 
 import os
 import subprocess
@@ -14,7 +15,28 @@ def test_malles_run_on_synthetic_market(tmp_path):
     env = dict(os.environ, MALLES_DATA_DIR=str(data))
     env.pop("DAGSTER_HOME", None)
     out = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--source", "synthetic"],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "run",
+            "--source",
+            "synthetic",
+            "--config",
+            "sft_prompt_dataset.max_train_episodes=300",
+            "--config",
+            "sft_prompt_dataset.eval_sample_per_split=20",
+            "--config",
+            "lora_adapter.max_steps=4",
+            "--config",
+            "lora_adapter.eval_examples=16",
+            "--config",
+            "retail_decisions.n_per_split=6",
+            "--config",
+            "retail_decisions.variant_n=3",
+            "--config",
+            "retail_decisions.variants=[zero_shot_utility, aligned_listwise]",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         env=env,
@@ -36,6 +58,16 @@ def test_malles_run_on_synthetic_market(tmp_path):
     assert n_episodes > 5_000
     # On a market drawn from a logit, the classic logit beats popularity, which beats random.
     assert metrics["clogit"] > metrics["popularity"] > metrics["random"]
+    with duckdb.connect(str(data / "synthetic.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            "select sample, kind, method from eval_metrics where split = 'test_all'"
+        ).fetchall()
+    assert ("main", "llm", "llm_aligned_utility") in rows and (
+        "main",
+        "hybrid",
+        "hybrid_llm_aligned_utility",
+    ) in rows
+    assert ("variants", "llm", "llm_aligned_listwise") in rows and ("variants", "baseline", "clogit") in rows
 
     # Lineage: the MLflow run of the report carries the Dagster run, code and data versions.
     import mlflow

@@ -1,4 +1,4 @@
-"""Simulation stage: retail_decisions (the LLM agent's choice distributions) and simulation_report, on a tiny
+"""Simulation stage: retail_decisions (the LLM agent's choice distributions) and eval_report, on a tiny
 warehouse and the tiny random model of tests/llm_fixtures.py."""
 
 import math
@@ -202,7 +202,9 @@ def test_report_matches_hand_computed_metrics(tmp_path, engine):
     S.write_decisions(conn, run, "llm_x")
     S.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
     assert conn.execute("select count(*) from retail_decisions").fetchall()[0][0] == 12
-    metrics = S.build_report(conn, log=lambda _: None)
+    metrics, fits = S.build_report(conn, log=lambda _: None)
+    # no clogit among the baselines: the hybrid has nothing to combine with and reports no rows
+    assert [f.n_val_episodes for f in fits] == [0] and set(metrics["sample"]) == {"main"}
     assert set(zip(metrics["method"], metrics["split"], strict=True)) == {
         (m, s) for m in ("llm_x", "always_p1") for s in ("test_all", "test_sparse", "test_new")
     }
@@ -226,7 +228,7 @@ def test_report_matches_hand_computed_metrics(tmp_path, engine):
     pred = {e: max(round(q), 1) for e, q in zip(top["episode_id"], top["expected_qty"], strict=True)}
     mae = np.mean([abs(pred[e] - TEST_QTY[e]) for e in everything])
     assert metrics.filter(method="llm_x", split="test_all")["qty_mae"][0] == pytest.approx(mae)
-    md = S.report_markdown(metrics)
+    md = S.report_markdown(metrics, fits)
     assert "always_p1" in md and "llm_x" in md and "test_sparse" in md
     png = S.plot_hit1(metrics, tmp_path / "p.png")
     assert png.stat().st_size > 1000
@@ -235,16 +237,17 @@ def test_report_matches_hand_computed_metrics(tmp_path, engine):
 
 def test_report_without_decisions_or_baselines(tmp_path):
     conn = duckdb.connect(str(tmp_path / "e.duckdb"))
-    assert S.build_report(conn, log=lambda _: None).height == 0
+    metrics, fits = S.build_report(conn, log=lambda _: None)
+    assert metrics.height == 0 and fits == []
     conn.close()
 
 
 def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
     from assets.simulation import (
+        EvalReportConfig,
         RetailDecisionsConfig,
-        SimulationReportConfig,
+        eval_report,
         retail_decisions,
-        simulation_report,
     )
     from resources.llm import LLMResource
 
@@ -254,7 +257,7 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
                      "dagster_run_id varchar, mlflow_run_id varchar, created_at timestamp)")  # fmt: skip
         _q(conn, "insert into lora_adapters values ('/nowhere', 'x', 'r0', 'm0', $t)", {"t": datetime.now()})
     result = dg.materialize(
-        [retail_decisions, simulation_report],
+        [retail_decisions, eval_report],
         resources={
             "duckdb": duckdb_resource,
             "mlflow": mlflow_resource,
@@ -262,21 +265,37 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
         },
         run_config=dg.RunConfig(
             {
-                "retail_decisions": RetailDecisionsConfig(n_per_split=0),
-                "simulation_report": SimulationReportConfig(),
+                "retail_decisions": RetailDecisionsConfig(
+                    n_per_split=0, variants=["zero_shot_listwise"], variant_n=2, variant_splits=["test_all"]
+                ),
+                "eval_report": EvalReportConfig(),
             }
         ),
     )
     assert result.success
     meta = result.asset_materializations_for_node("retail_decisions")[0].metadata
-    assert meta["method"].value == "llm_zero_shot_utility" and meta["adapter"].value == "none"
-    assert meta["dagster/row_count"].value == 12 and meta["n_prompts"].value == 16
-    assert meta["backend"].value == "hf" and meta["tokens_per_sec"].value > 0
+    # the adapter row points at nothing: the primary runs zero-shot, and the variant after it
+    assert meta["methods"].value == ["llm_zero_shot_utility", "llm_zero_shot_listwise"]
+    assert meta["adapter"].value == "none"
+    # the primary decides val (b4) and test (4 episodes); the variant 2 test_all episodes
+    assert meta["dagster/row_count"].value == 5 * 3 + 2 * 3
+    assert meta["llm_zero_shot_utility.n_prompts"].value == 20  # 5 episodes x 3 options + 5 quantity
+    assert meta["llm_zero_shot_listwise.n_episodes"].value == 2
+    assert meta["backend"].value == "hf" and meta["llm_zero_shot_utility.tokens_per_sec"].value > 0
     assert meta["mlflow_run_id"].value
-    rmeta = result.asset_materializations_for_node("simulation_report")[0].metadata
-    assert rmeta["dagster/row_count"].value == 2 * 3  # 2 methods x 3 splits
+    rmeta = result.asset_materializations_for_node("eval_report")[0].metadata
+    # main: 2 methods x 4 splits (val too); variants: 3 methods (2 LLM + the baseline) on test_all
+    assert rmeta["dagster/row_count"].value == 2 * 4 + 3
     assert "test_all/llm_zero_shot_utility/hit1" in rmeta
+    assert "variants/test_all/llm_zero_shot_listwise/hit1" in rmeta
     with duckdb_resource.get_connection() as conn:
-        probs = conn.execute("select sum(prob) from retail_decisions group by episode_id").fetchall()
-        n = conn.execute("select count(*) from simulation_metrics").fetchall()[0][0]
-    assert [round(p[0], 9) for p in probs] == [1.0] * 4 and n == 6
+        probs = conn.execute(
+            "select sum(prob) from retail_decisions group by method, episode_id order by all"
+        ).fetchall()
+        n = conn.execute("select count(*) from eval_metrics").fetchall()[0][0]
+        variant_eps = conn.execute(
+            "select list(distinct episode_id order by episode_id) from retail_decision_episodes "
+            "where method = 'llm_zero_shot_listwise'"
+        ).fetchall()[0][0]
+    assert [round(p[0], 9) for p in probs] == [1.0] * 7 and n == 11
+    assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)

@@ -21,10 +21,10 @@ class LoraAdapterConfig(dg.Config):
     target_modules: list[str] = list(logic.LLAMA_PROJECTIONS)  # all linear projections of a layer
     learning_rate: float = 5e-4  # AdamW learning rate (NOTES: 5e-4 with batch 16)
     batch_size: int = 16  # examples per optimizer step
-    max_minutes: float = 12.0  # training loop budget: the quick profile trains at most 15 min on 2 cores
+    max_minutes: float = 7.0  # training loop budget (quick profile: main_job fits 25 min on 2 cores; full: 60)
     max_steps: int = 0  # hard cap on optimizer steps; 0 = only the time budget and one epoch
-    max_train_examples: int = 8000  # rows drawn (seeded); the 12-min budget uses ~3-4k; 0 = all rows
-    eval_examples: int = 200  # val rows for the eval loss before and after training
+    max_train_examples: int = 8000  # rows drawn (seeded); 7 minutes use ~3-4k; 0 = all rows
+    eval_examples: int = 100  # val rows for the eval loss before and after training
     bf16_autocast: bool = True  # bf16 autocast for training (NOTES: ~2.4x faster than fp32 on CPU)
     gradient_checkpointing: bool = (
         False  # recompute activations: saves memory, costs time (trl's default is on)

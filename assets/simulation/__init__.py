@@ -1,10 +1,11 @@
 """Simulation stage: the LLM retail agent decides on the evaluation episodes (retail_decisions) and is
-measured beside the baselines on the same sample episodes (simulation_report).
+measured beside the baselines on the same sample episodes (eval_report).
 
 Thin Dagster wiring; the work is in logic.py, SQL in sql/simulation/.
 """
 
 import dagster as dg
+import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
@@ -17,15 +18,24 @@ LLM_FIELDS = ("backend", "model", "adapter", "dtype", "batch_size", "threads", "
 
 
 class RetailDecisionsConfig(dg.Config):
-    period: str = "test"  # episodes decided: 'test', 'val' or 'val,test' (val utilities feed calibration)
-    n_per_split: int = (
-        200  # EVALUATION.md's sample size N per split: 200 keeps the quick profile fast; full: 2000
+    period: str = (
+        "val,test"  # the primary method's episodes: 'test', 'val' or 'val,test' (val fits the hybrid)
     )
-    form: str = "utility"  # 'utility' (yes/no per option, softmax of utilities) or 'listwise' (one label)
+    n_per_split: int = 100  # EVALUATION.md's N per split for the primary method (quick profile; full: 2000)
+    form: str = "utility"  # primary: 'utility' (yes/no per option, softmax of utilities) or 'listwise'
     use_adapter: bool = True  # use the newest lora_adapters row when there is one; zero-shot otherwise
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
-    include_style: bool = True  # False: ablation without the style parameters
-    include_signals: bool = True  # False: ablation without the commercial submodule signals
+    include_style: bool = True  # False: the primary runs without the style parameters
+    include_signals: bool = True  # False: the primary runs without the commercial submodule signals
+    variants: list[str] = [  # the other rows of eval_report, each decided on the smaller variant sample
+        "zero_shot_utility",
+        "zero_shot_listwise",
+        "aligned_listwise",
+        "aligned_utility_no_style",
+        "aligned_utility_no_signals",
+    ]
+    variant_n: int = 30  # episodes per variant split (a prefix of the md5 sample: a subset of the primary's)
+    variant_splits: list[str] = ["test_all"]  # splits the variants decide (full profile: all test splits)
     seed: int = 0  # the protocol's seed of the md5 sample
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
 
@@ -43,35 +53,51 @@ def retail_decisions(
     mlflow: MlflowResource,
     llm: LLMResource,
 ) -> dg.MaterializeResult:
-    """The LLM retail agent's decisions on EVALUATION.md's sample episodes: per option the utility, the choice
+    """The LLM retail agents' decisions on EVALUATION.md's sample episodes: per option the utility, the choice
     probability (softmax over the choice set), the top choice and the expected quantity of the top option.
-    Rows of this variant (method) replace its earlier rows in retail_decisions / retail_decision_episodes."""
-    settings = logic.DecisionSettings(**config.model_dump(exclude={"use_adapter"}))
+    First the primary method (aligned utility form by default) on N episodes per split of val and test, then
+    each variant (zero-shot, listwise, ablations) on the smaller variant sample. Rows of each method replace
+    its earlier rows in retail_decisions / retail_decision_episodes."""
+    runs = logic.plan_decision_runs(config.model_dump())
+    meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model}
+    engines: dict[str, object] = {}
     with duckdb.get_connection() as conn:
-        adapter, reason = logic.choose_adapter(logic.latest_adapter(conn), llm.model, config.use_adapter)
-        method = logic.method_name(config.form, bool(adapter), config.include_style, config.include_signals)
-        context.log.info(
-            f"retail_decisions: {method} ({'adapter ' + adapter if adapter else 'zero-shot'}: {reason})"
-        )
-        used = LLMResource(**{**{k: getattr(llm, k) for k in LLM_FIELDS}, "adapter": adapter or llm.adapter})
-        run = logic.run_decisions(
-            conn, used.get_engine(), settings, method, context.run.run_id, log=context.log.info
-        )
-        logic.write_decisions(conn, run, method)
-        meta = {
-            **table_metadata(run.decisions),
-            "method": method,
-            "backend": used.backend,
-            "model": used.model,
-            "adapter": used.adapter or "none",
-            "adapter_reason": reason,
-            **run.info,
-        }
-        meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump() | {"method": method})
+        adapter, reason = logic.choose_adapter(logic.latest_adapter(conn), llm.model, True)
+        meta["adapter"], meta["adapter_reason"] = adapter or "none", reason
+        for spec in runs:
+            path = adapter if spec.aligned else ""
+            if spec.aligned and not adapter:
+                context.log.warning(f"retail_decisions: no adapter ({reason}): {spec.method} runs zero-shot")
+            method = logic.method_name(spec.settings.form, bool(path), *spec.ablation)
+            if method in meta["methods"]:
+                context.log.info(f"retail_decisions: {method} already decided in this run; skipped")
+                continue
+            if path not in engines:
+                fields = {k: getattr(llm, k) for k in LLM_FIELDS}
+                engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
+            context.log.info(
+                f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
+                f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
+            )
+            run = logic.run_decisions(
+                conn,
+                engines[path],
+                spec.settings,
+                method,
+                context.run.run_id,
+                context.log.info,
+                splits=spec.splits,
+            )
+            logic.write_decisions(conn, run, method)
+            meta["methods"].append(method)
+            meta |= {f"{method}.{k}": v for k, v in run.info.items()}
+        rows = conn.execute("select count(*) from retail_decisions").fetchall()[0][0]
+        meta |= {"dagster/row_count": int(rows)}
+        meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump())
     return dg.MaterializeResult(metadata=meta)
 
 
-class SimulationReportConfig(dg.Config):
+class EvalReportConfig(dg.Config):
     methods: list[str] = []  # LLM methods of retail_decisions to report; empty = every method present
 
 
@@ -80,40 +106,45 @@ class SimulationReportConfig(dg.Config):
     kinds={"python", "duckdb", "mlflow"},
     deps=["retail_decisions", "baseline_report"],
 )
-def simulation_report(
+def eval_report(
     context: dg.AssetExecutionContext,
-    config: SimulationReportConfig,
+    config: EvalReportConfig,
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Metrics (EVALUATION.md) of the LLM variants of retail_decisions per split, beside the baselines'
-    predictions recomputed on the same sample episodes: table simulation_metrics, markdown, hit@1 plot, MLflow."""
+    predictions recomputed on the same sample episodes: table eval_metrics, markdown, hit@1 plot, MLflow."""
     out_dir = data_dir() / "simulation" / context.run.run_id
     with duckdb.get_connection() as conn:
-        metrics = logic.build_report(conn, config.methods or None, log=context.log.info)
+        metrics, fits = logic.build_report(conn, config.methods or None, log=context.log.info)
         logic.write_report(conn, metrics)
-        plot = logic.plot_hit1(metrics, out_dir / "simulation_hit1.png")
-        csv = out_dir / "simulation_metrics.csv"
+        plot = logic.plot_hit1(metrics, out_dir / "eval_hit1.png")
+        csv = out_dir / "eval_metrics.csv"
         metrics.write_csv(csv)
-        md = logic.report_markdown(metrics)
-        context.log.info("simulation_report:\n" + md)
+        md = logic.report_markdown(metrics, fits)
+        context.log.info("eval_report:\n" + md)
         meta = {
             **table_metadata(metrics),
             "metrics": dg.MetadataValue.md(md),
             "plot_path": dg.MetadataValue.path(str(plot)),
             **{f"plot_{k}": v for k, v in artifact_metadata(plot).items() if k != "path"},
-            **logic.headline_metrics(metrics),
+            **logic.headline_metrics(metrics.filter(pl.col("sample") == "main")),
+            **{
+                f"variants/{k}": v
+                for k, v in logic.headline_metrics(metrics.filter(pl.col("sample") == "variants")).items()
+            },
+            **{k: v for fit in fits for k, v in fit.as_metadata().items()},
         }
         meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump(), artifacts=[plot, csv])
     return dg.MaterializeResult(metadata=meta)
 
 
-SIMULATION_ASSETS = [retail_decisions, simulation_report]
+SIMULATION_ASSETS = [retail_decisions, eval_report]
 
 __all__ = [
     "SIMULATION_ASSETS",
     "RetailDecisionsConfig",
-    "SimulationReportConfig",
+    "EvalReportConfig",
     "retail_decisions",
-    "simulation_report",
+    "eval_report",
 ]

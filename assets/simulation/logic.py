@@ -1,5 +1,5 @@
 """The simulation stage: the LLM retail agent decides on the evaluation episodes (retail_decisions), and the
-report that sets its metrics beside the baselines' on the same sample episodes (simulation_report).
+report that sets its metrics beside the baselines' on the same sample episodes (eval_report).
 No dagster import; the assets in __init__.py wire these functions.
 
 Readings taken here (docs/tables.md, simulation section):
@@ -33,10 +33,13 @@ from assets.evaluation.logic import METRIC_NAMES, headline_metrics  # noqa: F401
 from assets.evaluation.metrics import evaluate_splits
 from assets.prompts import logic as P
 from assets.prompts import templates as T
+from assets.simulation import calibration as C
+from assets.simulation.calibration import HybridFit
 from resources.sql import load_sql
 
 FORMS = ("utility", "listwise")
 QTY_LABELS = tuple(str(q) for q in range(1, T.MAX_QUANTITY + 1))
+HYBRID_PREFIX = "hybrid_"  # methods of the calibrated hybrids (assets/simulation/calibration.py)
 
 DECISIONS_SCHEMA = {
     "run_id": pl.Utf8,
@@ -50,6 +53,7 @@ DECISIONS_SCHEMA = {
 }
 MEMBERS_SCHEMA = {"run_id": pl.Utf8, "method": pl.Utf8, "episode_id": pl.Utf8, "split": pl.Utf8}
 REPORT_SCHEMA = {
+    "sample": pl.Utf8,
     "method": pl.Utf8,
     "kind": pl.Utf8,
     "split": pl.Utf8,
@@ -86,6 +90,82 @@ def method_name(form: str, aligned: bool, include_style: bool = True, include_si
     if not include_signals:
         name += "_no_signals"
     return name
+
+
+@dataclass
+class PlannedRun:
+    """One method of a retail_decisions materialization: its settings, adapter use and splits."""
+
+    settings: DecisionSettings
+    aligned: bool
+    splits: list[str] | None = None  # None: every split of settings.period
+
+    @property
+    def ablation(self) -> tuple[bool, bool]:
+        return self.settings.include_style, self.settings.include_signals
+
+    @property
+    def method(self) -> str:
+        return method_name(self.settings.form, self.aligned, *self.ablation)
+
+
+def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
+    """The primary method (config's form, use_adapter, switches; N per split of its periods), then each of
+    config['variants'] on variant_n episodes of variant_splits. Bad names are one-line errors before any
+    model is loaded."""
+    base = {k: config[k] for k in ("quantity", "seed", "chunk_episodes") if k in config}
+    primary = DecisionSettings(
+        period=config.get("period", "test"),
+        n_per_split=int(config.get("n_per_split", 200)),
+        form=config.get("form", "utility"),
+        include_style=bool(config.get("include_style", True)),
+        include_signals=bool(config.get("include_signals", True)),
+        **base,
+    )
+    if primary.form not in FORMS:
+        raise ValueError(f"form {primary.form!r}: use one of {FORMS}")
+    parse_periods(primary.period)
+    runs = [PlannedRun(primary, bool(config.get("use_adapter", True)))]
+    splits = list(config.get("variant_splits") or ["test_all"])
+    periods = ",".join(periods_of_splits(splits))
+    for name in config.get("variants") or []:
+        aligned, form, style, signals = parse_variant(name)
+        settings = DecisionSettings(
+            period=periods,
+            n_per_split=int(config.get("variant_n", 30)),
+            form=form,
+            include_style=style,
+            include_signals=signals,
+            **base,
+        )
+        runs.append(PlannedRun(settings, aligned, splits))
+    return runs
+
+
+def parse_variant(name: str) -> tuple[bool, str, bool, bool]:
+    """A variant name "{zero_shot|aligned}_{utility|listwise}[_no_style][_no_signals]" (a method name
+    without its "llm_") -> (aligned, form, include_style, include_signals). A bad name is a one-line error."""
+    rest = name.removeprefix("llm_")
+    include_style = include_signals = True
+    if rest.endswith("_no_signals"):
+        rest, include_signals = rest.removesuffix("_no_signals"), False
+    if rest.endswith("_no_style"):
+        rest, include_style = rest.removesuffix("_no_style"), False
+    for prefix, aligned in (("zero_shot_", False), ("aligned_", True)):
+        if rest.startswith(prefix) and rest.removeprefix(prefix) in FORMS:
+            return aligned, rest.removeprefix(prefix), include_style, include_signals
+    raise ValueError(
+        f"variant {name!r}: write it as zero_shot_<form> or aligned_<form> with form utility or listwise, "
+        "optionally followed by _no_style and/or _no_signals (e.g. aligned_utility_no_signals)"
+    )
+
+
+def periods_of_splits(splits: list[str]) -> list[str]:
+    """The periods whose episodes the named splits hold ('val' -> val, 'test_*' -> test), checked."""
+    bad = [s for s in splits if s not in SPLITS]
+    if not splits or bad:
+        raise ValueError(f"splits {splits!r}: use names from {SPLITS}")
+    return [p for p in ("val", "test") if any((s == "val") == (p == "val") for s in splits)]
 
 
 def parse_periods(period: str) -> list[str]:
@@ -132,14 +212,16 @@ def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) ->
 
 
 def load_sample(
-    conn, periods: list[str], seed: int, n_per_split: int
+    conn, periods: list[str], seed: int, n_per_split: int, splits: list[str] | None = None
 ) -> tuple[list[P.PromptEpisode], pl.DataFrame]:
     """The sample's episodes as prompt contexts (episode_id order) and their split membership (episode_id,
-    split). Episodes without options are dropped from both."""
+    split), restricted to `splits` when given. Episodes without options are dropped from both."""
     cands = conn.sql(
         load_sql("simulation/select_sample_candidates"), params={"seed": int(seed), "periods": periods}
     ).pl()
     members = split_membership(cands, int(n_per_split))
+    if splits:
+        members = members.filter(pl.col("split").is_in(list(splits)))
     wanted = set(members["episode_id"].to_list())
     episodes: list[P.PromptEpisode] = []
     for period in periods:
@@ -272,16 +354,18 @@ def run_decisions(
     run_id: str,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    splits: list[str] | None = None,
 ) -> DecisionRun:
-    """Load the sample, decide every episode in chunks (tqdm bar and a log line per chunk), and return the
-    decision rows, the membership rows and throughput figures. Nothing is written here."""
+    """Load the sample (only the named `splits` when given), decide every episode in chunks (tqdm bar and a
+    log line per chunk), and return the decision rows, the membership rows and throughput figures. Nothing
+    is written here."""
     from tqdm.auto import tqdm
 
     if settings.form not in FORMS:
         raise ValueError(f"form {settings.form!r}: use one of {FORMS}")
     periods = parse_periods(settings.period)
     t_load = time.perf_counter()
-    eps, members = load_sample(conn, periods, settings.seed, settings.n_per_split)
+    eps, members = load_sample(conn, periods, settings.seed, settings.n_per_split, splits)
     t_load = time.perf_counter() - t_load
     log(f"retail_decisions: {len(eps)} episodes of {periods} ({t_load:.1f} s to load), method {method}")
     style, signals = settings.include_style, settings.include_signals
@@ -356,19 +440,6 @@ def write_decisions(conn, run: DecisionRun, method: str) -> None:
 # ----------------------------------------------------------------------------- the report
 
 
-def common_members(conn, methods: list[str] | None = None) -> pl.DataFrame:
-    """(episode_id, split) decided by every chosen method (all methods of retail_decision_episodes when
-    `methods` is empty), so that every row of the report is scored on the same episodes."""
-    m = conn.sql("select method, episode_id, split from retail_decision_episodes").pl()
-    if methods:
-        m = m.filter(pl.col("method").is_in(methods))
-    names = m["method"].unique().to_list()
-    if not names:
-        return pl.DataFrame(schema={"episode_id": pl.Utf8, "split": pl.Utf8})
-    counts = m.unique().group_by("episode_id", "split").agg(n=pl.col("method").n_unique())
-    return counts.filter(pl.col("n") == len(names)).select("episode_id", "split").sort("split", "episode_id")
-
-
 def load_report_options(conn, episode_ids: list[str]) -> pl.DataFrame:
     """The options of the given episodes with is_chosen, category, quantity and the quantity features."""
     conn.register(
@@ -416,10 +487,15 @@ def llm_qty(decisions: pl.DataFrame, options: pl.DataFrame) -> pl.DataFrame:
 
 
 def report_rows(
-    decisions: pl.DataFrame, baselines: pl.DataFrame, options: pl.DataFrame, members: pl.DataFrame
+    decisions: pl.DataFrame,
+    baselines: pl.DataFrame,
+    options: pl.DataFrame,
+    members: pl.DataFrame,
+    sample: str = "main",
 ) -> pl.DataFrame:
-    """Metrics per (method, split): each LLM method of `decisions` (score = utility) and each baseline of
-    `baselines`, all on the episodes of `members` and with assets.evaluation.metrics.evaluate_splits.
+    """Metrics per (method, split): each LLM method of `decisions` (score = utility; kind 'hybrid' for the
+    calibrated hybrids, 'llm' otherwise) and each baseline of `baselines`, all on the episodes of `members`
+    and with assets.evaluation.metrics.evaluate_splits. A hybrid has no row on val (it was fitted there).
 
     An option a method did not score keeps a null score (ranked last by the metrics) and a null prob."""
     keep = options.join(members.select("episode_id").unique(), on="episode_id", how="semi")
@@ -427,6 +503,7 @@ def report_rows(
     rows: list[dict] = []
     for kind, frame, score_col in (("llm", decisions, "utility"), ("baseline", baselines, "score")):
         for method in sorted(frame["method"].unique().to_list()):
+            is_hybrid = method.startswith(HYBRID_PREFIX)
             mine = frame.filter(pl.col("method") == method).select(
                 "episode_id", "product_id", pl.col(score_col).alias("score"), "prob"
             )
@@ -435,17 +512,22 @@ def report_rows(
                 qty = llm_qty(frame.filter(pl.col("method") == method), keep)
             else:
                 qty = qty_customer_mean(long)
-            for r in evaluate_splits(long, qty, members, splits):
-                rows.append({"method": method, "kind": kind, **r})
+            mine_splits = [s for s in splits if not (is_hybrid and s == "val")]
+            for r in evaluate_splits(long, qty, members, mine_splits):
+                rows.append(
+                    {"sample": sample, "method": method, "kind": "hybrid" if is_hybrid else kind, **r}
+                )
     return pl.DataFrame(rows, schema=REPORT_SCHEMA)
 
 
 def gap_lines(metrics: pl.DataFrame, metric: str = "hit1") -> list[str]:
     """Per split: the best LLM method against the best baseline on `metric` (higher is better)."""
     lines = []
+    if "sample" in metrics.columns:
+        metrics = metrics.filter(pl.col("sample") == "main")
     for split in SPLITS:
         part = metrics.filter((pl.col("split") == split) & pl.col(metric).is_not_null())
-        llm = part.filter(pl.col("kind") == "llm").sort(metric, descending=True)
+        llm = part.filter(pl.col("kind") != "baseline").sort(metric, descending=True)
         base = part.filter(pl.col("kind") == "baseline").sort(metric, descending=True)
         if llm.height == 0:
             continue
@@ -470,19 +552,39 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def report_markdown(metrics: pl.DataFrame) -> str:
-    """The gap summary, then one table per split (LLM rows first, then baselines), methods as rows."""
+SAMPLE_TITLES = {
+    "main": "main sample (every method on the same N episodes per split)",
+    "variants": "variants sample (zero-shot, listwise and ablation rows beside the main rows, on its smaller "
+    "common subset)",
+}
+
+
+def report_markdown(metrics: pl.DataFrame, fits: list | None = None) -> str:
+    """The gap summary (main sample), the hybrids' fitted coefficients, then per sample one table per split
+    (LLM and hybrid rows first, then baselines), methods as rows."""
     cols = ["method", "kind", "n_episodes", *METRIC_NAMES]
-    out = ["**best LLM vs best baseline (hit@1)**", "", *gap_lines(metrics), ""]
-    for split in SPLITS:
-        part = metrics.filter(pl.col("split") == split).sort(
-            "kind", "hit1", descending=[True, True], nulls_last=True
+    out = ["**best LLM vs best baseline (hit@1, main sample)**", "", *gap_lines(metrics), ""]
+    for fit in fits or []:
+        out.append(
+            f"- {fit.method}: u = {fit.coef_llm:.3f} * u_llm + {fit.coef_base:.3f} * s_clogit, fitted on "
+            f"{fit.n_val_episodes} val episodes (val log-lik gain over the logit {fit.loglik - fit.loglik_base:+.2f}); "
+            f"within-episode corr(u_llm, s_clogit) = {fit.corr_llm_base:.3f}"
         )
-        if part.height == 0:
-            continue
-        out += [f"**{split}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)]
+    if fits:
         out.append("")
+    order = {"hybrid": 0, "llm": 1, "baseline": 2}
+    for sample in [s for s in SAMPLE_TITLES if s in set(metrics["sample"].to_list())]:
+        out += [f"### {SAMPLE_TITLES[sample]}", ""]
+        for split in SPLITS:
+            part = metrics.filter((pl.col("split") == split) & (pl.col("sample") == sample))
+            if part.height == 0:
+                continue
+            part = part.with_columns(_o=pl.col("kind").replace_strict(order, default=3)).sort(
+                "_o", "hit1", descending=[False, True], nulls_last=True
+            )
+            out += [f"**{split}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)]
+            out.append("")
     return "\n".join(out)
 
 
@@ -495,6 +597,8 @@ def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "sample" in metrics.columns:
+        metrics = metrics.filter(pl.col("sample") == "main")
     methods = (
         metrics.filter(pl.col("hit1").is_not_null())
         .select("method", "kind")
@@ -512,7 +616,7 @@ def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
             r = metrics.filter((pl.col("method") == method) & (pl.col("split") == split))
             v = r["hit1"][0] if r.height else None
             vals.append(np.nan if v is None else v)
-        hatch = "//" if method.startswith("llm_") else None
+        hatch = "//" if method.startswith("llm_") else ("xx" if method.startswith(HYBRID_PREFIX) else None)
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=method, hatch=hatch)
     n = {r["split"]: r["n_episodes"] for r in metrics.iter_rows(named=True)}
     ax.set_xticks(x, [f"{s}\n(n={n.get(s, 0)})" for s in splits], fontsize=8)
@@ -520,37 +624,90 @@ def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("hit@1")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2, frameon=False)
-    ax.set_title("hit@1 per split: LLM variants (hatched) and baselines on the same episodes")
+    ax.set_title("hit@1 per split: LLM (//), calibrated hybrid (xx) and baselines on the same episodes")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
-def build_report(conn, methods: list[str] | None = None, log: Callable[[str], None] = print) -> pl.DataFrame:
-    """Metrics of the LLM methods of retail_decisions and the baselines on their common sample episodes."""
+def build_report(
+    conn, methods: list[str] | None = None, log: Callable[[str], None] = print
+) -> tuple[pl.DataFrame, list[HybridFit]]:
+    """Metrics of the LLM methods of retail_decisions, their calibrated hybrids and the baselines.
+
+    Two samples, each scored with every method on the same episodes:
+    - main: the methods decided on the largest sample (the primary method, N per split) and the hybrid of
+      each of them (fitted on its val episodes, reported on the test splits);
+    - variants: every method (main, hybrids, zero-shot, listwise, ablations) on the episodes all of them
+      decided (the md5 sample's first n per split, so a subset of the main sample); only when some method
+      was decided on fewer episodes than the main ones.
+    Returns the metrics and the hybrids' fits."""
+    empty = pl.DataFrame(schema=REPORT_SCHEMA)
     if not table_exists(conn, "retail_decision_episodes"):
-        log("simulation_report: no retail_decisions yet: empty report")
-        return pl.DataFrame(schema=REPORT_SCHEMA)
-    members = common_members(conn, methods)
-    ids = members["episode_id"].unique().sort().to_list()
-    decisions = conn.sql("select * from retail_decisions").pl()
+        log("eval_report: no retail_decisions yet: empty report")
+        return empty, []
+    m = conn.sql("select method, episode_id, split from retail_decision_episodes").pl()
     if methods:
-        decisions = decisions.filter(pl.col("method").is_in(methods))
+        m = m.filter(pl.col("method").is_in(methods))
+    if m.height == 0:
+        return empty, []
+    sizes = m.group_by("method").agg(n=pl.col("episode_id").n_unique())
+    n_max = int(sizes["n"].max())
+    main_methods = sorted(sizes.filter(pl.col("n") == n_max)["method"].to_list())
+    ids = m["episode_id"].unique().sort().to_list()
+    decisions = conn.sql("select * from retail_decisions").pl()
+    decisions = decisions.filter(pl.col("method").is_in(m["method"].unique().to_list()))
     decisions = decisions.filter(pl.col("episode_id").is_in(ids))
     options = load_report_options(conn, ids)
     baselines = load_report_baselines(conn, ids)
+    main_members = _common(m, main_methods)
+    val_ids = main_members.filter(pl.col("split") == "val")["episode_id"]
+    test_ids = main_members.filter(pl.col("split") != "val")["episode_id"]
+    fits: list[HybridFit] = []
+    hybrids: list[pl.DataFrame] = []
+    for method in main_methods:
+        mine = decisions.filter(pl.col("method") == method)
+        paired = C.paired_frame(mine, baselines, options)
+        fit = C.fit_hybrid(method, paired.filter(pl.col("episode_id").is_in(val_ids)))
+        fits.append(fit)
+        hybrids.append(C.hybrid_rows(fit, paired.filter(pl.col("episode_id").is_in(test_ids)), mine))
+        log(
+            f"eval_report: {fit.method} = {fit.coef_llm:.3f} u_llm + {fit.coef_base:.3f} s_clogit on "
+            f"{fit.n_val_episodes} val episodes; corr(u_llm, s_clogit) {fit.corr_llm_base:.3f}"
+        )
+    with_hybrids = pl.concat([decisions, *hybrids]) if hybrids else decisions
     log(
-        f"simulation_report: {len(ids)} episodes, {decisions['method'].n_unique()} LLM methods, "
-        f"{baselines['method'].n_unique()} baselines"
+        f"eval_report: main sample {main_members['episode_id'].n_unique()} episodes ({', '.join(main_methods)}), "
+        f"{decisions['method'].n_unique()} LLM methods in all, {baselines['method'].n_unique()} baselines"
     )
-    return report_rows(decisions, baselines, options, members)
+    main_names = set(main_methods) | {f.method for f in fits}
+    parts = [
+        report_rows(
+            with_hybrids.filter(pl.col("method").is_in(main_names)), baselines, options, main_members, "main"
+        )
+    ]
+    if len(main_methods) < m["method"].n_unique():
+        var_members = _common(m, None)
+        log(f"eval_report: variants sample {var_members['episode_id'].n_unique()} episodes")
+        parts.append(report_rows(with_hybrids, baselines, options, var_members, "variants"))
+    return pl.concat(parts), fits
+
+
+def _common(m: pl.DataFrame, methods: list[str] | None) -> pl.DataFrame:
+    """(episode_id, split) pairs of `m` (method, episode_id, split) that every one of `methods` (all when
+    None) decided."""
+    if methods:
+        m = m.filter(pl.col("method").is_in(methods))
+    n = m["method"].n_unique()
+    counts = m.unique().group_by("episode_id", "split").agg(k=pl.col("method").n_unique())
+    return counts.filter(pl.col("k") == n).select("episode_id", "split").sort("split", "episode_id")
 
 
 def write_report(conn, metrics: pl.DataFrame) -> None:
-    """Replace simulation_metrics with `metrics`."""
-    conn.register("staged_simulation_metrics", metrics.to_arrow())
+    """Replace eval_metrics with `metrics`."""
+    conn.register("staged_eval_metrics", metrics.to_arrow())
     try:
-        conn.execute(load_sql("simulation/simulation_metrics"))
+        conn.execute(load_sql("simulation/eval_metrics"))
     finally:
-        conn.unregister("staged_simulation_metrics")
+        conn.unregister("staged_eval_metrics")

@@ -1,7 +1,8 @@
--- simulation_metrics: one row per (method, split) of the LLM variants and of the baselines recomputed on
--- the same sample episodes. Reads the staged frame `staged_simulation_metrics`.
-create or replace table simulation_metrics as
+-- eval_metrics: one row per (sample, method, split): the LLM methods, their calibrated hybrids and the
+-- baselines recomputed on the same sample episodes. Reads the staged frame `staged_eval_metrics`.
+create or replace table eval_metrics as
 select
+    cast(sample as varchar) as sample,
     cast(method as varchar) as method,
     cast(kind as varchar) as kind,
     cast(split as varchar) as split,
@@ -12,4 +13,4 @@ select
     cast(qty_mae as double) as qty_mae,
     cast(qty_wape as double) as qty_wape,
     cast(share_jsd as double) as share_jsd
-from staged_simulation_metrics
+from staged_eval_metrics

@@ -1,0 +1,32 @@
+"""Run profiles of main_job: the asset configs' defaults are the quick profile; `full` overrides them.
+
+quick (default): the whole pipeline with post-training and simulation in at most 25 minutes on a 2-core CPU:
+  4,000 train episodes of prompts, 7 minutes of LoRA training, N = 100 episodes per split for the aligned
+  agent (val feeds the calibrated hybrid), 30 test_all episodes for each variant row.
+full: EVALUATION.md's N = 2,000 episodes per split, 20,000 train episodes, 60 minutes of training, and the
+  variant rows on 200 episodes of every test split. Hours on a CPU; minutes on a GPU with the vllm backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {},
+    "full": {
+        "sft_prompt_dataset": {"max_train_episodes": 20_000, "eval_sample_per_split": 2_000},
+        "lora_adapter": {"max_minutes": 60.0, "max_train_examples": 0, "eval_examples": 500},
+        "retail_decisions": {
+            "n_per_split": 2_000,
+            "variant_n": 200,
+            "variant_splits": ["test_all", "test_sparse", "test_cold", "test_new"],
+        },
+    },
+}
+
+
+def profile_run_config(name: str, op_names: set[str]) -> dict[str, Any]:
+    """The run config of a profile for the ops of a job (ops the job does not have are left out)."""
+    if name not in PROFILES:
+        raise ValueError(f"profile {name!r}: use one of {', '.join(PROFILES)}")
+    return {"ops": {op: {"config": dict(cfg)} for op, cfg in PROFILES[name].items() if op in op_names}}
