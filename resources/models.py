@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import shutil
 import time
@@ -142,5 +143,24 @@ def resolve_model(name_or_path: str = DEFAULT_NAME, cache_dir: str | Path | None
             raise ModelPathError(f"model path {path} lacks weights or a tokenizer: {_FIX}")
         return path.resolve()
     if _HF_ID.match(name) and not name.startswith((".", "/", "~")):
+        if _offline() and not _in_hub_cache(name):
+            raise ModelPathError(
+                f"model {name} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): "
+                f"download it on a machine with network access into the cache, or {_FIX.split(': ', 1)[-1]}"
+            )
         return name
     raise ModelPathError(f"model path {name} does not exist: {_FIX}")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """True when the Hugging Face cache holds the repo's config.json (no network used)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id or an unreadable cache: not available
+        return False

@@ -252,6 +252,19 @@ def test_resolve_model_errors_are_one_line(tmp_path, tiny_dir):
         msg = str(err.value)
         assert "\n" not in msg and words in msg and "Hugging Face id" in msg
     assert resolve_model(str(tiny_dir)) == tiny_dir.resolve()
+
+
+def test_hub_id_offline_and_not_cached_is_one_line(monkeypatch, tmp_path):
+    from resources.models import ModelPathError, resolve_model
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelPathError) as err:
+        resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+    msg = str(err.value)
+    assert "\n" not in msg and "not in the local Hugging Face cache" in msg and "offline" in msg
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online: the id is passed on to the loader as given
     assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
 
 
