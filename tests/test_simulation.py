@@ -299,3 +299,49 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
         ).fetchall()[0][0]
     assert [round(p[0], 9) for p in probs] == [1.0] * 7 and n == 11
     assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)
+
+
+def test_sample_mode_counts_every_answer_and_reports_stability(tmp_path, engine):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    settings = S.DecisionSettings(n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False)
+    run = S.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
+    # every (episode, run) holds exactly k answers, parseable or counted as unparseable (product_id null)
+    per = run.samples.group_by("episode_id", "sample_run").agg(pl.col("n").sum())
+    assert per.height == 4 * 4 and set(per["n"]) == {3}
+    assert run.info["samples"] == 4 * 3 * 4 and run.info["mode"] == "sample"
+    assert 0.0 <= run.info["parse_failure_rate"] <= 1.0
+    probs = run.decisions.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_list()
+    assert probs == pytest.approx([1.0] * 4) and run.decisions["prob"].min() > 0  # smoothed: no zero
+    S.write_decisions(conn, run, "llm_s")
+    S.write_decisions(conn, run, "llm_s")  # replaced, never duplicated
+    assert conn.execute("select sum(n) from retail_decision_samples").fetchall()[0][0] == 48
+    metrics, _ = S.build_report(conn, log=lambda _: None)
+    row = metrics.filter(method="llm_s", split="test_all").row(0, named=True)
+    assert 0.0 <= row["top1_agreement"] <= 1.0
+    # the tiny random model rarely answers with a bare label: with no parseable answer there are no shares
+    if run.info.get("failures", 0) < run.info["samples"]:
+        assert row["share_cv"] >= 0.0
+    else:
+        assert row["share_cv"] is None and row["top1_agreement"] == 0.0
+    assert metrics.filter(method="always_p1")["top1_agreement"].is_null().all()
+    conn.close()
+
+
+def test_stability_by_hand():
+    rows = [  # episode, run, product, n: runs 0 and 1 agree on e1 (p1) and differ on e2; run 2 has no answer on e2
+        ("e1", 0, "p1", 2), ("e1", 0, "p2", 1), ("e1", 1, "p1", 3), ("e1", 2, "p2", 3),
+        ("e2", 0, "p1", 3), ("e2", 1, "p2", 2), ("e2", 1, None, 1), ("e2", 2, None, 3),
+    ]  # fmt: skip
+    samples = pl.DataFrame(
+        [("r", "m", e, run, p, n) for e, run, p, n in rows], schema=S.SAMPLES_SCHEMA, orient="row"
+    )
+    members = pl.DataFrame({"episode_id": ["e1", "e2"], "split": ["test_all", "test_all"]})
+    st = S.stability(samples, members).row(0, named=True)
+    # pairs (0,1): e1 same, e2 differ -> 1/2; (0,2): e1 p1 vs p2, e2 p1 vs none -> 0; (1,2): 0
+    assert st["top1_agreement"] == pytest.approx((0.5 + 0 + 0) / 3)
+    # shares per run over parseable answers: run0 p1 5/6 p2 1/6; run1 p1 3/5 p2 2/5; run2 p2 1
+    p1 = np.array([5 / 6, 3 / 5, 0.0])
+    p2 = np.array([1 / 6, 2 / 5, 1.0])
+    assert st["share_cv"] == pytest.approx((p1.std() / p1.mean() + p2.std() / p2.mean()) / 2)

@@ -27,10 +27,19 @@ class RetailDecisionsConfig(dg.Config):
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
     include_style: bool = True  # False: the primary runs without the style parameters
     include_signals: bool = True  # False: the primary runs without the commercial submodule signals
-    variants: list[str] = [  # the other rows of eval_report, each decided on the smaller variant sample
+    reading: bool = True  # listwise: readers + decider when a prompt exceeds budget_tokens (off: one prompt)
+    budget_tokens: int = 512  # listwise prompt budget before the multi-agent reading (CJ prompts: mean 566)
+    k: int = 4  # sample mode: answers per episode and run
+    runs: int = 5  # sample mode: R runs with different seeds (stability: top1_agreement, share_cv)
+    temperature: float = 1.0  # sample mode: sampling temperature
+    # The other rows of eval_report, each decided on the smaller variant sample. Names:
+    # {zero_shot|aligned}_{utility|listwise}[_sample][_no_reading][_no_style][_no_signals]
+    variants: list[str] = [
         "zero_shot_utility",
         "zero_shot_listwise",
         "aligned_listwise",
+        "aligned_listwise_no_reading",
+        "aligned_listwise_sample",
         "aligned_utility_no_style",
         "aligned_utility_no_signals",
     ]

@@ -52,6 +52,14 @@ DECISIONS_SCHEMA = {
     "expected_qty": pl.Float64,
 }
 MEMBERS_SCHEMA = {"run_id": pl.Utf8, "method": pl.Utf8, "episode_id": pl.Utf8, "split": pl.Utf8}
+SAMPLES_SCHEMA = {  # sample mode: per (episode, run) the count of each answer; product_id NULL = unparseable
+    "run_id": pl.Utf8,
+    "method": pl.Utf8,
+    "episode_id": pl.Utf8,
+    "sample_run": pl.Int64,
+    "product_id": pl.Utf8,
+    "n": pl.Int64,
+}
 REPORT_SCHEMA = {
     "sample": pl.Utf8,
     "method": pl.Utf8,
@@ -64,6 +72,8 @@ REPORT_SCHEMA = {
     "qty_mae": pl.Float64,
     "qty_wape": pl.Float64,
     "share_jsd": pl.Float64,
+    "top1_agreement": pl.Float64,  # sample mode only (EVALUATION.md's stability over R runs)
+    "share_cv": pl.Float64,
 }
 
 
@@ -77,14 +87,32 @@ class DecisionSettings:
     include_signals: bool = True
     seed: int = 0
     chunk_episodes: int = 16
+    mode: str = "score"  # 'score' (exact distributions) or 'sample' (listwise answers drawn at a temperature)
+    reading: bool = True  # listwise score mode: readers + decider when the prompt exceeds budget_tokens
+    budget_tokens: int = 512  # token budget of one listwise prompt before the multi-agent reading starts
+    k: int = 4  # sample mode: answers per episode and run
+    runs: int = 5  # sample mode: R runs (different seeds) for the stability figures
+    temperature: float = 1.0  # sample mode: sampling temperature
 
 
 # ----------------------------------------------------------------------------- names and the adapter
 
 
-def method_name(form: str, aligned: bool, include_style: bool = True, include_signals: bool = True) -> str:
-    """llm_{zero_shot|aligned}_{form}[_no_style][_no_signals]."""
+def method_name(
+    form: str,
+    aligned: bool,
+    include_style: bool = True,
+    include_signals: bool = True,
+    mode: str = "score",
+    reading: bool = True,
+) -> str:
+    """llm_{zero_shot|aligned}_{form}[_sample][_no_reading][_no_style][_no_signals] (_no_reading only for the
+    listwise form in score mode, the only decision the reading applies to)."""
     name = f"llm_{'aligned' if aligned else 'zero_shot'}_{form}"
+    if mode == "sample":
+        name += "_sample"
+    elif form == "listwise" and not reading:
+        name += "_no_reading"
     if not include_style:
         name += "_no_style"
     if not include_signals:
@@ -101,8 +129,10 @@ class PlannedRun:
     splits: list[str] | None = None  # None: every split of settings.period
 
     @property
-    def ablation(self) -> tuple[bool, bool]:
-        return self.settings.include_style, self.settings.include_signals
+    def ablation(self) -> tuple[bool, bool, str, bool]:
+        """(include_style, include_signals, mode, reading): the name parts besides form and adapter."""
+        st = self.settings
+        return st.include_style, st.include_signals, st.mode, st.reading
 
     @property
     def method(self) -> str:
@@ -113,13 +143,15 @@ def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
     """The primary method (config's form, use_adapter, switches; N per split of its periods), then each of
     config['variants'] on variant_n episodes of variant_splits. Bad names are one-line errors before any
     model is loaded."""
-    base = {k: config[k] for k in ("quantity", "seed", "chunk_episodes") if k in config}
+    keys = ("quantity", "seed", "chunk_episodes", "budget_tokens", "k", "runs", "temperature")
+    base = {k: config[k] for k in keys if k in config}
     primary = DecisionSettings(
         period=config.get("period", "test"),
         n_per_split=int(config.get("n_per_split", 200)),
         form=config.get("form", "utility"),
         include_style=bool(config.get("include_style", True)),
         include_signals=bool(config.get("include_signals", True)),
+        reading=bool(config.get("reading", True)),
         **base,
     )
     if primary.form not in FORMS:
@@ -129,34 +161,44 @@ def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
     splits = list(config.get("variant_splits") or ["test_all"])
     periods = ",".join(periods_of_splits(splits))
     for name in config.get("variants") or []:
-        aligned, form, style, signals = parse_variant(name)
+        aligned, parts = parse_variant(name)
         settings = DecisionSettings(
-            period=periods,
-            n_per_split=int(config.get("variant_n", 30)),
-            form=form,
-            include_style=style,
-            include_signals=signals,
-            **base,
+            period=periods, n_per_split=int(config.get("variant_n", 30)), **parts, **base
         )
         runs.append(PlannedRun(settings, aligned, splits))
     return runs
 
 
-def parse_variant(name: str) -> tuple[bool, str, bool, bool]:
-    """A variant name "{zero_shot|aligned}_{utility|listwise}[_no_style][_no_signals]" (a method name
-    without its "llm_") -> (aligned, form, include_style, include_signals). A bad name is a one-line error."""
+_VARIANT_SUFFIXES = {  # name suffix -> the DecisionSettings field it sets
+    "_no_signals": ("include_signals", False),
+    "_no_style": ("include_style", False),
+    "_no_reading": ("reading", False),
+    "_sample": ("mode", "sample"),
+}
+
+
+def parse_variant(name: str) -> tuple[bool, dict[str, Any]]:
+    """A variant name "{zero_shot|aligned}_{utility|listwise}[_sample][_no_reading][_no_style][_no_signals]"
+    (a method name without its "llm_") -> (aligned, DecisionSettings fields). A bad name is a one-line error
+    before any model is loaded."""
     rest = name.removeprefix("llm_")
-    include_style = include_signals = True
-    if rest.endswith("_no_signals"):
-        rest, include_signals = rest.removesuffix("_no_signals"), False
-    if rest.endswith("_no_style"):
-        rest, include_style = rest.removesuffix("_no_style"), False
+    parts: dict[str, Any] = {}
+    stripped = True
+    while stripped:
+        stripped = False
+        for suffix, (key, value) in _VARIANT_SUFFIXES.items():
+            if rest.endswith(suffix) and key not in parts:
+                rest, parts[key], stripped = rest.removesuffix(suffix), value, True
     for prefix, aligned in (("zero_shot_", False), ("aligned_", True)):
-        if rest.startswith(prefix) and rest.removeprefix(prefix) in FORMS:
-            return aligned, rest.removeprefix(prefix), include_style, include_signals
+        form = rest.removeprefix(prefix)
+        if rest.startswith(prefix) and form in FORMS:
+            if form == "utility" and ("mode" in parts or "reading" in parts):
+                break  # sample mode and the reading are listwise decisions
+            return aligned, {"form": form, **parts}
     raise ValueError(
         f"variant {name!r}: write it as zero_shot_<form> or aligned_<form> with form utility or listwise, "
-        "optionally followed by _no_style and/or _no_signals (e.g. aligned_utility_no_signals)"
+        "then optionally _sample or _no_reading (listwise only), _no_style, _no_signals "
+        "(e.g. aligned_utility_no_signals, aligned_listwise_sample)"
     )
 
 
@@ -305,6 +347,59 @@ def expected_quantities(
     return [float(v) for v in p @ q]
 
 
+def decide_listwise_sample(
+    engine, eps: list[P.PromptEpisode], settings: DecisionSettings, seed: int
+) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, int]]:
+    """Sample mode: k answers per episode for each of R runs at the temperature, under a strict grammar (one
+    label of the episode's options; unparseable answers are retried by the engine, then counted, never
+    dropped). The R runs are drawn in one engine call per group of episodes (the prompt is computed once;
+    run r takes answers r*k .. r*k+k-1), which is R independent runs since the samples are i.i.d.
+
+    utilities: log of the pooled answer frequency over the R*k answers with add-1/2 smoothing (so an option
+    never drawn keeps a finite nll); rows: per (episode, run, answer) the count, product_id None for the
+    unparseable; stats: samples, failures, retries."""
+    k, runs = int(settings.k), int(settings.runs)
+    if k < 1 or runs < 1:
+        raise ValueError(f"sample mode needs k >= 1 and runs >= 1, got k={k}, runs={runs}")
+    out: list[np.ndarray | None] = [None] * len(eps)
+    rows: list[dict[str, Any]] = []
+    stats = {"samples": 0, "failures": 0, "retries": 0}
+    by_n: dict[int, list[int]] = {}
+    for i, ep in enumerate(eps):
+        by_n.setdefault(min(len(ep.options), len(T.LABELS)), []).append(i)
+    for n, idx in sorted(by_n.items()):
+        if n == 0:
+            continue
+        labels = list(T.LABELS[:n])
+        prompts = [
+            P.listwise_pair(eps[i], settings.include_style, settings.include_signals)["prompt"] for i in idx
+        ]
+        results = engine.sample(
+            prompts, k=k * runs, temperature=settings.temperature, allowed=labels, seed=seed
+        )
+        for i, res in zip(idx, results, strict=True):
+            ep = eps[i]
+            pooled = np.zeros(len(ep.options))
+            for r in range(runs):
+                answers = res.answers[r * k : (r + 1) * k]
+                counts: dict[str | None, int] = {}
+                for a in answers:
+                    pid = ep.options[labels.index(a)].product_id if a is not None else None
+                    counts[pid] = counts.get(pid, 0) + 1
+                    if a is not None:
+                        pooled[labels.index(a)] += 1
+                for pid, c in counts.items():
+                    rows.append(
+                        {"episode_id": ep.episode.episode_id, "sample_run": r, "product_id": pid, "n": c}
+                    )
+            freq = (pooled + 0.5) / (pooled.sum() + 0.5 * len(ep.options))
+            out[i] = np.log(freq)
+            stats["samples"] += len(res.answers)
+            stats["failures"] += int(res.n_failed)
+            stats["retries"] += int(res.n_retries)
+    return [u if u is not None else np.zeros(0) for u in out], rows, stats
+
+
 def decision_rows(
     run_id: str,
     method: str,
@@ -339,6 +434,7 @@ class DecisionRun:
     decisions: pl.DataFrame
     members: pl.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SAMPLES_SCHEMA))
 
 
 def _stats(engine) -> tuple[float, float]:
@@ -369,16 +465,38 @@ def run_decisions(
     t_load = time.perf_counter() - t_load
     log(f"retail_decisions: {len(eps)} episodes of {periods} ({t_load:.1f} s to load), method {method}")
     style, signals = settings.include_style, settings.include_signals
-    decide = decide_utility if settings.form == "utility" else decide_listwise
+    if settings.mode not in ("score", "sample"):
+        raise ValueError(f"mode {settings.mode!r}: use 'score' or 'sample'")
+    if settings.mode == "sample" and settings.form != "listwise":
+        raise ValueError("sample mode draws listwise answers: set form='listwise' for mode='sample'")
     tok0, sec0 = _stats(engine)
     t0 = time.perf_counter()
     utilities: list[np.ndarray] = []
     qtys: list[float | None] = []
+    sample_rows: list[dict[str, Any]] = []
+    counts: dict[str, float] = {}
     chunk = max(1, int(settings.chunk_episodes))
     with tqdm(total=len(eps), desc=method, unit="ep", disable=not progress, mininterval=1.0) as bar:
         for start in range(0, len(eps), chunk):
             part = eps[start : start + chunk]
-            us = decide(engine, part, style, signals)
+            if settings.form == "utility":
+                us = decide_utility(engine, part, style, signals)
+            elif settings.mode == "sample":
+                us, rows, st = decide_listwise_sample(engine, part, settings, settings.seed + start)
+                sample_rows += rows
+                for key, v in st.items():
+                    counts[key] = counts.get(key, 0) + v
+            elif settings.reading:
+                from assets.simulation.reading import decide_listwise_reading
+
+                us, st = decide_listwise_reading(
+                    engine, part, style, signals, budget_tokens=settings.budget_tokens
+                )
+                for key, v in st.items():
+                    if isinstance(v, int | float) and not key.startswith("mean"):
+                        counts[f"reading_{key}"] = counts.get(f"reading_{key}", 0) + v
+            else:
+                us = decide_listwise(engine, part, style, signals)
             utilities += us
             if settings.quantity:
                 tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
@@ -406,15 +524,31 @@ def run_decisions(
         "decisions_per_sec": round(len(eps) / seconds, 4) if seconds > 0 else 0.0,
         "tokens_per_sec": round((tok1 - tok0) / (sec1 - sec0), 1) if sec1 > sec0 else 0.0,
         "tokens": int(tok1 - tok0),
-        "parse_failure_rate": 0.0,  # score mode: exact distributions, nothing is parsed
+        "mode": settings.mode,
+        # score mode: exact distributions, nothing is parsed; sample mode: answers still unparseable after
+        # the engine's retries (kept as such, never dropped)
+        "parse_failure_rate": round(counts.get("failures", 0) / counts["samples"], 6)
+        if counts.get("samples")
+        else 0.0,
+        **{key: int(v) for key, v in counts.items()},
     }
-    return DecisionRun(decisions=decisions, members=members.cast(MEMBERS_SCHEMA), info=info)
+    samples = pl.DataFrame(
+        sample_rows, schema={k: v for k, v in SAMPLES_SCHEMA.items() if k not in ("run_id", "method")}
+    )
+    samples = samples.select(pl.lit(run_id).alias("run_id"), pl.lit(method).alias("method"), *samples.columns)
+    return DecisionRun(
+        decisions=decisions,
+        members=members.cast(MEMBERS_SCHEMA),
+        info=info,
+        samples=samples.cast(SAMPLES_SCHEMA),
+    )
 
 
 def write_decisions(conn, run: DecisionRun, method: str) -> None:
     """Replace the rows of `method` in retail_decisions and retail_decision_episodes (one transaction)."""
     conn.execute(load_sql("simulation/create_retail_decisions"))
     conn.execute(load_sql("simulation/create_retail_decision_episodes"))
+    conn.execute(load_sql("simulation/create_retail_decision_samples"))
     conn.execute("begin transaction")
     try:
         # DML returns a count row: read it (duckdb 2.x refuses new work while a result is unread)
@@ -422,9 +556,13 @@ def write_decisions(conn, run: DecisionRun, method: str) -> None:
         conn.execute(
             load_sql("simulation/delete_retail_decision_episodes_method"), {"method": method}
         ).fetchall()
+        conn.execute(
+            "delete from retail_decision_samples where method = $method", {"method": method}
+        ).fetchall()
         for name, frame in (
             ("retail_decisions", run.decisions),
             ("retail_decision_episodes", run.members),
+            ("retail_decision_samples", run.samples),
         ):
             conn.register(f"staged_{name}", frame.to_arrow())
             try:
@@ -520,6 +658,76 @@ def report_rows(
     return pl.DataFrame(rows, schema=REPORT_SCHEMA)
 
 
+def stability(samples: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
+    """EVALUATION.md's stability of the sample-mode methods per split: top1_agreement, the mean over run
+    pairs of the share of episodes with the same top-1 answer (the most frequent product of the run; ties:
+    the smaller product_id; a run without a parseable answer has no top-1 and agrees with nothing), and
+    share_cv, the mean over products of the coefficient of variation (population sd / mean) across runs of
+    the product's simulated share: its answers over the split's parseable answers in that run."""
+    schema = {"method": pl.Utf8, "split": pl.Utf8, "top1_agreement": pl.Float64, "share_cv": pl.Float64}
+    if samples.height == 0 or members.height == 0:
+        return pl.DataFrame(schema=schema)
+    out = []
+    for (method,), part in samples.group_by("method"):
+        runs = sorted(part["sample_run"].unique().to_list())
+        for split in members["split"].unique().sort().to_list():
+            eps = members.filter(pl.col("split") == split).select("episode_id").unique()
+            mine = part.join(eps, on="episode_id", how="semi")
+            if mine.height == 0 or len(runs) < 2:
+                continue
+            valid = mine.filter(pl.col("product_id").is_not_null())
+            top = (
+                valid.sort("n", "product_id", descending=[True, False])
+                .group_by("episode_id", "sample_run", maintain_order=True)
+                .first()
+            )
+            wide = {
+                r: dict(
+                    zip(
+                        *top.filter(pl.col("sample_run") == r)
+                        .select("episode_id", "product_id")
+                        .to_dict(as_series=False)
+                        .values(),
+                        strict=True,
+                    )
+                )
+                for r in runs
+            }
+            ids = eps["episode_id"].to_list()
+            pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
+            agree = [
+                np.mean([wide[a].get(e) is not None and wide[a].get(e) == wide[b].get(e) for e in ids])
+                for a, b in pairs
+            ]
+            shares = (
+                valid.group_by("sample_run", "product_id")
+                .agg(pl.col("n").sum())
+                .with_columns(share=pl.col("n") / pl.col("n").sum().over("sample_run"))
+            )
+            grid = (
+                shares.select("product_id")
+                .unique()
+                .join(pl.DataFrame({"sample_run": runs}, schema={"sample_run": pl.Int64}), how="cross")
+                .join(
+                    shares.select("sample_run", "product_id", "share"),
+                    on=["sample_run", "product_id"],
+                    how="left",
+                )
+                .with_columns(pl.col("share").fill_null(0.0))
+            )
+            cv = grid.group_by("product_id").agg(m=pl.col("share").mean(), sd=pl.col("share").std(ddof=0))
+            cv = cv.filter(pl.col("m") > 0).with_columns(cv=pl.col("sd") / pl.col("m"))
+            out.append(
+                {
+                    "method": method,
+                    "split": split,
+                    "top1_agreement": float(np.mean(agree)),
+                    "share_cv": float(cv["cv"].mean()) if cv.height else None,
+                }
+            )
+    return pl.DataFrame(out, schema=schema)
+
+
 def gap_lines(metrics: pl.DataFrame, metric: str = "hit1") -> list[str]:
     """Per split: the best LLM method against the best baseline on `metric` (higher is better)."""
     lines = []
@@ -563,6 +771,8 @@ def report_markdown(metrics: pl.DataFrame, fits: list | None = None) -> str:
     """The gap summary (main sample), the hybrids' fitted coefficients, then per sample one table per split
     (LLM and hybrid rows first, then baselines), methods as rows."""
     cols = ["method", "kind", "n_episodes", *METRIC_NAMES]
+    if metrics.height and metrics["top1_agreement"].is_not_null().any():
+        cols += ["top1_agreement", "share_cv"]
     out = ["**best LLM vs best baseline (hit@1, main sample)**", "", *gap_lines(metrics), ""]
     for fit in fits or []:
         out.append(
@@ -681,6 +891,12 @@ def build_report(
         f"eval_report: main sample {main_members['episode_id'].n_unique()} episodes ({', '.join(main_methods)}), "
         f"{decisions['method'].n_unique()} LLM methods in all, {baselines['method'].n_unique()} baselines"
     )
+    samples = (
+        conn.sql("select * from retail_decision_samples").pl()
+        if table_exists(conn, "retail_decision_samples")
+        else pl.DataFrame(schema=SAMPLES_SCHEMA)
+    )
+    samples = samples.filter(pl.col("method").is_in(m["method"].unique().to_list()))
     main_names = set(main_methods) | {f.method for f in fits}
     parts = [
         report_rows(
@@ -691,7 +907,20 @@ def build_report(
         var_members = _common(m, None)
         log(f"eval_report: variants sample {var_members['episode_id'].n_unique()} episodes")
         parts.append(report_rows(with_hybrids, baselines, options, var_members, "variants"))
+        parts[-1] = _with_stability(parts[-1], stability(samples, var_members))
+    parts[0] = _with_stability(parts[0], stability(samples, main_members))
     return pl.concat(parts), fits
+
+
+def _with_stability(metrics: pl.DataFrame, stab: pl.DataFrame) -> pl.DataFrame:
+    """The metrics with the sample-mode stability columns filled from `stab` (method, split)."""
+    if stab.height == 0:
+        return metrics
+    return (
+        metrics.drop("top1_agreement", "share_cv")
+        .join(stab, on=["method", "split"], how="left")
+        .select(list(REPORT_SCHEMA))
+    )
 
 
 def _common(m: pl.DataFrame, methods: list[str] | None) -> pl.DataFrame:

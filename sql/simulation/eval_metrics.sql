@@ -12,5 +12,7 @@ select
     cast(nll as double) as nll,
     cast(qty_mae as double) as qty_mae,
     cast(qty_wape as double) as qty_wape,
-    cast(share_jsd as double) as share_jsd
+    cast(share_jsd as double) as share_jsd,
+    cast(top1_agreement as double) as top1_agreement,
+    cast(share_cv as double) as share_cv
 from staged_eval_metrics
