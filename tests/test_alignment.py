@@ -158,6 +158,70 @@ def test_loss_goes_down_on_a_memorisable_set(trained):
     assert trained.examples_per_sec > 0 and trained.seconds > 0
 
 
+def episode_rows(n_episodes: int = 16) -> pl.DataFrame:
+    """Episodes of 4 options: one fruit answered Yes, three hardware words answered No."""
+    rows = []
+    for e in range(n_episodes):
+        words = [(YES_WORDS[e % 8], "Yes")] + [(NO_WORDS[(e + j) % 8], "No") for j in range(3)]
+        for i, (w, a) in enumerate(words[e % 4 :] + words[: e % 4]):  # the chosen one moves around
+            rows.append(
+                {
+                    "episode_id": f"e{e}",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": a,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def test_group_episodes_keeps_complete_episodes(tokenizer):
+    rows = episode_rows(4)
+    broken = pl.concat(
+        [rows, rows.filter(pl.col("episode_id") == "e0").with_columns(episode_id=pl.lit("twice"))]
+    )
+    broken = broken.filter(~((pl.col("episode_id") == "e1") & (pl.col("completion") == "Yes")))  # no chosen
+    g = L.group_episodes(tokenizer, broken, 512)
+    assert len(g["input_ids"]) == 4 and all(len(x) == 4 for x in g["input_ids"])  # e0, e2, e3, twice
+    for ids, c, (_, ep) in zip(
+        g["input_ids"],
+        g["chosen"],
+        [("", rows.filter(pl.col("episode_id") == e)) for e in ("e0", "e2", "e3", "e0")],
+        strict=True,
+    ):
+        yes_prompt = ep.filter(pl.col("completion") == "Yes")["prompt"][0]
+        assert ids[c] == tokenizer(yes_prompt, add_special_tokens=False)["input_ids"]
+
+
+def test_softmax_loss_trains_the_choice(tiny_model, tmp_path):
+    from resources.hf_engine import HFEngine
+
+    rows = episode_rows(16)
+    cfg = L.LoraTrainSettings(**{**FAST, "loss": "softmax", "learning_rate": 1e-3}, max_steps=60, epochs=50.0)
+    result = L.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
+    # chance is ln 4 per episode; the trained choice model must be far better on these memorisable episodes
+    assert result.eval_loss_before > 0.8 * math.log(4) and result.eval_loss < 0.5 * math.log(4)
+    assert result.examples_seen == 60 * 2  # batch 8 prompts = 2 episodes of 4 per step
+    engine = HFEngine(tiny_model, adapter_path=str(tmp_path / "a"), progress=False)
+    items = [(p[: p.index("<|im_start|>user")], [q[q.index("<|im_start|>user") :] for q in ep["prompt"]])
+             for (_, ep) in rows.group_by("episode_id", maintain_order=True) for p in [ep["prompt"][0]]]  # fmt: skip
+    utilities = engine.score_many(items, progress=False)
+    chosen = [
+        ep["completion"].to_list().index("Yes") for _, ep in rows.group_by("episode_id", maintain_order=True)
+    ]
+    hits = [int(max(range(4), key=lambda i: u[i]) == c) for u, c in zip(utilities, chosen, strict=True)]
+    assert sum(hits) >= 11  # chance: 4 of 16
+
+
+def test_softmax_loss_needs_episodes(tiny_model, tmp_path):
+    rows = toy_rows(1)  # one option per episode: nothing to compare
+    with pytest.raises(ValueError, match="softmax loss: no episode"):
+        L.train_lora(
+            tiny_model, rows, None, L.LoraTrainSettings(**{**FAST, "loss": "softmax"}), tmp_path / "a"
+        )
+
+
 def test_only_top_layers_get_lora(trained, tiny_model):
     from safetensors.torch import load_file
 

@@ -21,7 +21,9 @@ class LoraAdapterConfig(dg.Config):
     target_modules: list[str] = list(logic.LLAMA_PROJECTIONS)  # all linear projections of a layer
     learning_rate: float = 5e-4  # AdamW learning rate (NOTES: 5e-4 with batch 16)
     batch_size: int = 16  # examples per optimizer step
-    max_minutes: float = 7.0  # training loop budget (quick profile: main_job fits 25 min on 2 cores; full: 60)
+    max_minutes: float = (
+        7.0  # training loop budget (quick profile: main_job fits 25 min on 2 cores; full: 60)
+    )
     max_steps: int = 0  # hard cap on optimizer steps; 0 = only the time budget and one epoch
     max_train_examples: int = 8000  # rows drawn (seeded); 7 minutes use ~3-4k; 0 = all rows
     eval_examples: int = 100  # val rows for the eval loss before and after training
@@ -34,6 +36,7 @@ class LoraAdapterConfig(dg.Config):
     listwise_share: float = 0.25  # share of listwise/quantity rows when forms include them with utility
     max_length: int = 512  # tokens per example (longer ones lose their start; prompts are ~120-320)
     num_threads: int = 2  # torch CPU threads (2 cores here); 0 = torch's default
+    loss: str = "pointwise"  # 'pointwise' (CE of each Yes/No) or 'softmax' (the episode's choice likelihood)
     seed: int = 0  # seed of the row sample, the LoRA init and the shuffling
     registered_model: str = logic.REGISTERED_MODEL  # MLflow model registry name
 
@@ -64,6 +67,7 @@ def lora_adapter(
         config.max_train_examples,
         config.eval_examples,
         config.seed,
+        by_episode=config.loss == "softmax",
     )
     context.log.info(f"lora_adapter: {train.height} train rows, {evals.height} eval rows ({files['run_id']})")
     model_path = str(resolve_model(config.base_model))

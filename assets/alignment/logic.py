@@ -56,6 +56,9 @@ class LoraTrainSettings:
     logging_steps: int = 5  # steps between two points of the loss curve
     seed: int = 0  # seed of the LoRA init, the shuffling and the dropout
     num_threads: int = 2  # torch CPU threads (this machine has 2 cores); 0 = torch's default
+    loss: str = "pointwise"  # 'pointwise': cross-entropy of each Yes/No answer; 'softmax': the episode's
+    # utilities log P(Yes) - log P(No) of its options (the chosen one and its sampled negatives) in a softmax,
+    # cross-entropy of the chosen option: the choice model's own likelihood (utility form only)
 
 
 @dataclass
@@ -294,6 +297,81 @@ def answer_positions_loss(model, inputs: dict[str, Any], num_items_in_batch=None
     return total / torch.as_tensor(denom, device=total.device).clamp(min=1)
 
 
+def group_episodes(tokenizer, df: pl.DataFrame, max_length: int) -> dict[str, list]:
+    """Utility rows grouped per episode for the softmax loss: per episode the token ids of each option's
+    prompt (no completion: the answer position is the prompt's last token) and the index of the option
+    answered "Yes". Episodes without exactly one "Yes" or with fewer than 2 options are left out."""
+    df = df.filter(pl.col("form") == "utility") if "form" in df.columns else df
+    if df.height == 0:
+        return {"input_ids": [], "chosen": []}
+    order = df.with_row_index("_i").group_by("episode_id", maintain_order=True).agg("_i", "completion")
+    ids = tokenizer(df["prompt"].to_list(), add_special_tokens=False)["input_ids"]
+    groups, chosen = [], []
+    for rows, answers in zip(order["_i"].to_list(), order["completion"].to_list(), strict=True):
+        yes = [j for j, a in enumerate(answers) if str(a).strip() == "Yes"]
+        if len(yes) != 1 or len(rows) < 2:
+            continue
+        groups.append([ids[i][-max_length:] if max_length else ids[i] for i in rows])
+        chosen.append(yes[0])
+    return {"input_ids": groups, "chosen": chosen}
+
+
+def softmax_collator(pad_id: int):
+    """Collates episodes (lists of option prompts) into one right-padded batch of all their prompts with the
+    group sizes and each group's chosen index."""
+    import torch
+
+    def collate(items: list[dict]) -> dict:
+        seqs = [s for it in items for s in it["input_ids"]]
+        width = max(len(s) for s in seqs)
+        inp = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            inp[r, : len(s)] = torch.as_tensor(s)
+            mask[r, : len(s)] = 1
+        return {
+            "input_ids": inp,
+            "attention_mask": mask,
+            "group_sizes": torch.as_tensor([len(it["input_ids"]) for it in items]),
+            "chosen": torch.as_tensor([int(it["chosen"]) for it in items]),
+        }
+
+    return collate
+
+
+def episode_softmax_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int):
+    """Mean over episodes of -log softmax(u)[chosen], u = logit(Yes) - logit(No) at each prompt's last token
+    (right padding: position = attention length - 1). Only two rows of the head are computed."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mask = inputs["attention_mask"]
+    hidden = base.model(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+    last = mask.sum(dim=1) - 1
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    w = base.get_output_embeddings().weight[[yes_id, no_id]]
+    logits = (h @ w.T).float()
+    u = logits[:, 0] - logits[:, 1]
+    sizes = inputs["group_sizes"].tolist()
+    losses = []
+    for g, part in enumerate(torch.split(u, sizes)):
+        losses.append(-torch.log_softmax(part, dim=0)[int(inputs["chosen"][g])])
+    return torch.stack(losses).mean()
+
+
+def _softmax_trainer(base_cls, device: str, bf16: bool, yes_id: int, no_id: int):
+    """SFTTrainer whose loss is episode_softmax_loss (bf16 autocast as _answer_head_trainer)."""
+    import torch
+
+    class EpisodeSoftmaxSFTTrainer(base_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = episode_softmax_loss(model, inputs, yes_id, no_id)
+            return (loss, None) if return_outputs else loss
+
+    return EpisodeSoftmaxSFTTrainer
+
+
 def _answer_head_trainer(base_cls, device: str, bf16: bool):
     """SFTTrainer whose loss is answer_positions_loss under an explicit bf16 autocast. Measured here with
     transformers 5.24: `bf16=True` on CPU does NOT autocast the forward (it ran in fp32), and trl's fused head
@@ -332,12 +410,30 @@ def build_trainer(
     n_layers = int(model.config.num_hidden_layers)
     model = get_peft_model(model, lora_config(cfg, n_layers))
     train_df, eval_df = _as_frame(train_rows), _as_frame(eval_rows)
-    train_ds = Dataset.from_dict(tokenize_pairs(tok, train_df, cfg.max_length))
-    eval_ds = Dataset.from_dict(tokenize_pairs(tok, eval_df, cfg.max_length)) if eval_df.height else None
+    if cfg.loss not in ("pointwise", "softmax"):
+        raise ValueError(f"loss {cfg.loss!r}: use 'pointwise' or 'softmax'")
+    softmax = cfg.loss == "softmax"
+    extra: dict[str, Any] = {}
+    per_step = cfg.batch_size
+    if softmax:
+        train_ds = Dataset.from_dict(group_episodes(tok, train_df, cfg.max_length))
+        eval_g = group_episodes(tok, eval_df, cfg.max_length) if eval_df.height else {"chosen": []}
+        eval_ds = Dataset.from_dict(eval_g) if eval_g["chosen"] else None
+        if len(train_ds) == 0:
+            raise ValueError(
+                "softmax loss: no episode with one 'Yes' option and a negative in the training rows"
+            )
+        # about batch_size prompts per step, as the pointwise loss: episodes of ~(1 + negatives) options
+        mean_size = sum(len(g) for g in train_ds["input_ids"]) / len(train_ds)
+        per_step = max(1, round(cfg.batch_size / mean_size))
+        extra = {"data_collator": softmax_collator(tok.pad_token_id), "remove_unused_columns": False}
+    else:
+        train_ds = Dataset.from_dict(tokenize_pairs(tok, train_df, cfg.max_length))
+        eval_ds = Dataset.from_dict(tokenize_pairs(tok, eval_df, cfg.max_length)) if eval_df.height else None
     args = SFTConfig(
         output_dir=str(work_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_step,
+        per_device_eval_batch_size=per_step,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
@@ -357,17 +453,27 @@ def build_trainer(
         dataloader_num_workers=0,
         disable_tqdm=False,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        **({"remove_unused_columns": False} if softmax else {}),
     )
     state: dict[str, Any] = {"history": [], "stopped_by_time": False, "n": len(train_ds) * cfg.epochs}
-    trainer = _answer_head_trainer(SFTTrainer, device, use_bf16)(
+    if softmax:
+        from resources.hf_engine import answer_token_ids
+
+        yes_id, no_id = answer_token_ids(tok, train_df["prompt"][0], ["Yes", "No"])
+        cls = _softmax_trainer(SFTTrainer, device, use_bf16, yes_id, no_id)
+    else:
+        cls = _answer_head_trainer(SFTTrainer, device, use_bf16)
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tok,
         callbacks=[_time_budget_callback(cfg.max_minutes * 60.0, state, log)],
+        **({"data_collator": extra["data_collator"]} if softmax else {}),
     )
     state.update(device=device, bf16=use_bf16, layers=layers_to_transform(n_layers, cfg.top_layers))
+    state["per_step"] = per_step
     return trainer, state
 
 
@@ -399,7 +505,7 @@ def train_lora(
     history = state["history"]
     tail = history[-1:] if history else []
     steps = int(state.get("steps", trainer.state.global_step))
-    seen = int(min(steps * cfg.batch_size, state["n"]))
+    seen = int(min(steps * state.get("per_step", cfg.batch_size), state["n"]))  # examples; softmax: episodes
     seconds = float(state.get("seconds", 0.0))
     result = TrainResult(
         adapter_dir=str(out),
@@ -548,10 +654,18 @@ def dataset_rows(
     max_train_examples: int,
     eval_examples: int,
     seed: int,
+    by_episode: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Training rows (forms mixed) and eval rows (val rows of the same forms, seeded sample) of a dataset."""
+    """Training rows (forms mixed) and eval rows (val rows of the same forms, seeded sample) of a dataset.
+
+    by_episode (the softmax loss): whole episodes instead of rows: every utility training row (the time
+    budget decides how many are used; the trainer shuffles episodes) and the rows of seeded val episodes
+    holding about eval_examples rows, with episode_id and form kept for the grouping."""
     utility = read_parquet_or_empty(files.get("train_utility"))
     listwise = read_parquet_or_empty(files.get("train_listwise"))
+    if by_episode:
+        forms = ["utility"]
+        max_train_examples = 0
     train = mix_forms(utility, listwise, forms, listwise_share, max_train_examples, seed)
     val = read_parquet_or_empty(files.get("val"))
     if val is None or eval_examples <= 0:
@@ -559,6 +673,12 @@ def dataset_rows(
     val = _as_frame(val)
     if "form" in val.columns:
         val = val.filter(pl.col("form").is_in(list(forms)))
+    if by_episode and "episode_id" in val.columns and val.height:
+        per_episode = max(1.0, val.height / max(val["episode_id"].n_unique(), 1))
+        keys = sorted(val["episode_id"].unique().to_list())
+        keep = [keys[i] for i in seeded_order(keys, seed)[: max(1, round(eval_examples / per_episode))]]
+        cols = [c for c in ("prompt", "completion", "episode_id", "form") if c in val.columns]
+        return train, val.filter(pl.col("episode_id").is_in(keep)).select(cols)
     return train, sample_rows(val, eval_examples, seed).select(["prompt", "completion"])
 
 
