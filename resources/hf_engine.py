@@ -439,35 +439,100 @@ class HFEngine:
     def _generate(
         self, prompts: list[list[int]], n: int, temperature: float, max_new_tokens: int
     ) -> list[list[str]]:
-        """n sampled continuations per prompt (left-padded batches), decoded without special tokens."""
+        """n sampled continuations per prompt, decoded without special tokens. Each prompt runs ONCE (a
+        right-padded batch with explicit positions, as in score mode); its cache is shared by its n samples
+        (expanded, not recomputed), which then decode token by token until an end token or max_new_tokens.
+        Sampling is from softmax(logits / temperature) over the whole vocabulary (torch's global RNG, which
+        `sample` seeds)."""
         import torch
+        from transformers import DynamicCache
 
+        dev = self.device
+        stop = {t for t in (self.tokenizer.eos_token_id, self.pad_id) if t is not None}
+        stop |= {
+            i
+            for i in self.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+            if isinstance(i, int) and i >= 0 and i != self.tokenizer.unk_token_id
+        }
         texts: list[list[str]] = []
         per_batch = max(1, self.batch_size // max(n, 1))
-        for start in range(0, len(prompts), per_batch):
-            chunk = prompts[start : start + per_batch]
-            width = max(len(p) for p in chunk)
-            inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, p in enumerate(chunk):
-                inp[r, width - len(p) :] = torch.as_tensor(p)
-                mask[r, width - len(p) :] = 1
-            with torch.inference_mode():
-                gen = self.model.generate(
-                    input_ids=inp.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    do_sample=True,
-                    temperature=float(temperature),
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=n,
-                    pad_token_id=self.pad_id,
+        with torch.inference_mode():
+            for start in range(0, len(prompts), per_batch):
+                chunk = prompts[start : start + per_batch]
+                plens = [len(p) for p in chunk]
+                pw = max(plens)
+                pin = torch.full((len(chunk), pw), self.pad_id, dtype=torch.long)
+                pmask = torch.zeros((len(chunk), pw), dtype=torch.long)
+                for r, p in enumerate(chunk):
+                    pin[r, : plens[r]] = torch.as_tensor(p)
+                    pmask[r, : plens[r]] = 1
+                ppos = torch.arange(pw).unsqueeze(0).expand(len(chunk), -1)
+                out = self.decoder(
+                    input_ids=pin.to(dev),
+                    attention_mask=pmask.to(dev),
+                    position_ids=ppos.to(dev),
+                    use_cache=True,
                 )
-            new = gen[:, width:].cpu()
-            dec = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            texts.extend(dec[r * n : (r + 1) * n] for r in range(len(chunk)))
+                cache = getattr(out, "cache", None) or out.past_key_values
+                last = torch.as_tensor(plens, device=dev) - 1
+                h = out.last_hidden_state[torch.arange(len(chunk), device=dev), last]
+                del out
+                self.stats.tokens += sum(plens)
+                rep = torch.arange(len(chunk), device=dev).repeat_interleave(n)
+                layers = [
+                    (layer.keys.index_select(0, rep), layer.values.index_select(0, rep))
+                    for layer in cache.layers
+                ]
+                del cache
+                kv = DynamicCache(layers)
+                mask = pmask.to(dev).index_select(0, rep)
+                pos = torch.as_tensor(plens, device=dev).index_select(0, rep)
+                h = h.index_select(0, rep)
+                b = h.shape[0]
+                tokens = torch.zeros((b, max_new_tokens), dtype=torch.long)
+                done = torch.zeros(b, dtype=torch.bool)
+                for step in range(max_new_tokens):
+                    logits = self._logits_all(h)
+                    probs = torch.softmax(logits / float(temperature), dim=-1)
+                    nxt = torch.multinomial(probs.cpu(), 1).squeeze(1)
+                    nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+                    tokens[:, step] = nxt
+                    done |= torch.as_tensor([int(t) in stop for t in nxt.tolist()])
+                    if bool(done.all()) or step == max_new_tokens - 1:
+                        break
+                    mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=dev)], dim=1)
+                    hs = self.decoder(
+                        input_ids=nxt.view(b, 1).to(dev),
+                        attention_mask=mask,
+                        position_ids=(pos + step).view(b, 1),
+                        use_cache=True,
+                        **{self._cache_arg: kv},
+                    ).last_hidden_state
+                    h = hs[:, -1]
+                    self.stats.tokens += b
+                del kv, layers
+                for r in range(len(chunk)):
+                    seqs = []
+                    for j in range(r * n, (r + 1) * n):
+                        ids = []
+                        for t in tokens[j].tolist():
+                            if t in stop:
+                                break
+                            ids.append(t)
+                        seqs.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                    texts.append(seqs)
         return texts
+
+    def _logits_all(self, hidden):
+        """fp32 logits over the whole vocabulary from final hidden states (n, H)."""
+        import torch
+
+        logits = hidden.float() @ self._head_w.float().T
+        if self._head_b is not None:
+            logits = logits + self._head_b.float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
 
     def sample(
         self,

@@ -5,6 +5,7 @@ References are computed here independently: `model(ids).logits[0, -1]` of the fu
 no padding, batch 1), log-softmax in float64.
 """
 
+import math
 import subprocess
 import sys
 
@@ -348,3 +349,44 @@ def test_sample_mode_seeded_and_leaves_global_rng_alone(engine):
     assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
     b = engine.sample(prompts, k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0)
     assert [r.raw for r in a] == [r.raw for r in b]
+
+
+def test_sampler_shares_the_prompt_and_continues_like_generate(engine):
+    """The sampler runs each prompt once and decodes its samples over the shared cache: at a near-zero
+    temperature every sample equals transformers' greedy generate, for prompts of different lengths padded
+    into one batch, over several new tokens (positions and masks of the continuation are right)."""
+    import torch
+
+    prompts = [
+        SYSTEM + OPTIONS[0],
+        OTHER + OPTIONS[2] + " and a much longer tail of words",
+        SYSTEM + OPTIONS[1],
+    ]
+    enc = [engine.encode(p) for p in prompts]
+    assert len({len(e) for e in enc}) == 3
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        got = engine._generate(enc, 2, 1e-4, 3)
+    want = [_greedy_text(engine, p, 3) for p in prompts]
+    assert got == [[w, w] for w in want]
+
+
+def test_sampler_draws_from_the_model_distribution(engine):
+    """First tokens drawn at temperature 1 follow the model's next-token distribution (the top token's
+    frequency within 5 standard errors of its probability)."""
+    import torch
+
+    prompt = SYSTEM + OPTIONS[0]
+    ids = engine.encode(prompt)
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.as_tensor([ids])).logits[0, -1].float()
+    p = torch.softmax(logits, -1)
+    top = int(p.argmax())
+    n = 3000
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        texts = engine._generate([ids], n, 1.0, 1)[0]
+    top_text = engine.tokenizer.decode([top], skip_special_tokens=True)
+    freq = sum(t == top_text for t in texts) / n
+    se = math.sqrt(float(p[top]) * (1 - float(p[top])) / n)
+    assert abs(freq - float(p[top])) < 5 * se + 1e-3
