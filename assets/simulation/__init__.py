@@ -21,7 +21,7 @@ class RetailDecisionsConfig(dg.Config):
     period: str = (
         "val,test"  # the primary method's episodes: 'test', 'val' or 'val,test' (val fits the hybrid)
     )
-    n_per_split: int = 100  # EVALUATION.md's N per split for the primary method (quick profile; full: 2000)
+    n_per_split: int = 80  # EVALUATION.md's N per split for the primary method (quick profile; full: 2000)
     form: str = "utility"  # primary: 'utility' (yes/no per option, softmax of utilities) or 'listwise'
     use_adapter: bool = True  # use the newest lora_adapters row when there is one; zero-shot otherwise
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
@@ -43,7 +43,7 @@ class RetailDecisionsConfig(dg.Config):
         "aligned_utility_no_style",
         "aligned_utility_no_signals",
     ]
-    variant_n: int = 30  # episodes per variant split (a prefix of the md5 sample: a subset of the primary's)
+    variant_n: int = 24  # episodes per variant split (a prefix of the md5 sample: a subset of the primary's)
     variant_splits: list[str] = ["test_all"]  # splits the variants decide (full profile: all test splits)
     seed: int = 0  # the protocol's seed of the md5 sample
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
