@@ -523,6 +523,32 @@ class HFEngine:
                     texts.append(seqs)
         return texts
 
+    def _sample_constrained(
+        self,
+        prompts: list[str],
+        ids: list[int],
+        allowed: list[str],
+        k: int,
+        temperature: float,
+        seed: int,
+        t0: float,
+    ) -> list[SampleResult]:
+        """k draws per prompt from softmax(logits of the allowed answer tokens / temperature)."""
+        import torch
+
+        logits = self._full_rows([self.encode(p) for p in prompts], ids)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / float(temperature), dim=-1)
+            draws = torch.multinomial(probs, k, replacement=True).tolist()
+        results = [
+            SampleResult(answers=[allowed[j] for j in row], raw=[allowed[j] for j in row]) for row in draws
+        ]
+        self.stats.samples += len(prompts) * k
+        self.stats.seconds += time.perf_counter() - t0
+        return results
+
     def _logits_all(self, hidden):
         """fp32 logits over the whole vocabulary from final hidden states (n, H)."""
         import torch
@@ -543,12 +569,26 @@ class HFEngine:
         seed: int = 0,
         max_new_tokens: int = 4,
         max_retries: int = 2,
+        constrained: bool = True,
     ) -> list[SampleResult]:
-        """k answers per prompt at `temperature`, each exactly one of `allowed` or counted as a failure."""
+        """k answers per prompt at `temperature`, each exactly one of `allowed` or counted as a failure.
+
+        constrained (the default, as the vllm engine's structured outputs): when every allowed answer is one
+        token after the prompts, the answer is drawn from softmax(logits / temperature) over those tokens
+        only (one forward pass per prompt; nothing can fail to parse). Otherwise, or with
+        constrained=False: free sampling of up to max_new_tokens, the strict grammar of parse_answer,
+        unparseable slots retried max_retries times, then counted and kept as None."""
         import torch
 
         check_sample_args(temperature, allowed)
         t0 = time.perf_counter()
+        if constrained and prompts:
+            try:
+                ids = self.answer_token_ids(prompts[0], allowed)
+            except AnswerTokenError:
+                ids = None
+            if ids is not None:
+                return self._sample_constrained(prompts, ids, list(allowed), k, temperature, seed, t0)
         enc = [self.encode(p) for p in prompts]
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the seed governs these samples only, not the caller's RNG

@@ -24,12 +24,22 @@ def _market(n_eps: int, llm_signal: float, seed: int = 0):
         u_llm = 2.0 * z + 0.1 * rng.normal(size=K)
         for i in range(K):
             pid = f"p{i}"
-            dec.append(("r", "llm_m", eid, pid, float(u_llm[i]), 0.0, False, 1.0))
+            dec.append(("r", "llm_m", eid, pid, float(u_llm[i]), 0.0, False, 1.0, 1.0))
             base.append(("clogit", eid, pid, float(s[i]), None))
             opts.append((eid, pid, i + 1, i == chosen))
     decisions = pl.DataFrame(
         dec,
-        schema=["run_id", "method", "episode_id", "product_id", "utility", "prob", "is_top", "expected_qty"],
+        schema=[
+            "run_id",
+            "method",
+            "episode_id",
+            "product_id",
+            "utility",
+            "prob",
+            "is_top",
+            "expected_qty",
+            "median_qty",
+        ],
         orient="row",
     )
     baselines = pl.DataFrame(

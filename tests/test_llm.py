@@ -198,7 +198,14 @@ def test_sample_mode_parses_retries_and_counts(engine):
     assert any(ok) and not all(ok), greedy  # the precondition of this test on the tiny model
     k, retries = 3, 2
     res = engine.sample(
-        prompts, k=k, temperature=1e-4, allowed=[target], seed=1, max_new_tokens=1, max_retries=retries
+        prompts,
+        k=k,
+        temperature=1e-4,
+        allowed=[target],
+        seed=1,
+        max_new_tokens=1,
+        max_retries=retries,
+        constrained=False,
     )
     assert len(res) == len(prompts)
     for r, good in zip(res, ok, strict=True):
@@ -345,9 +352,27 @@ def test_sample_mode_seeded_and_leaves_global_rng_alone(engine):
     torch.manual_seed(99)
     expected_next = torch.rand(1)
     torch.manual_seed(99)
-    a = engine.sample(prompts, k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0)
+    a = engine.sample(
+        prompts,
+        k=3,
+        temperature=1.0,
+        allowed=["A"],
+        seed=5,
+        max_new_tokens=2,
+        max_retries=0,
+        constrained=False,
+    )
     assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
-    b = engine.sample(prompts, k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0)
+    b = engine.sample(
+        prompts,
+        k=3,
+        temperature=1.0,
+        allowed=["A"],
+        seed=5,
+        max_new_tokens=2,
+        max_retries=0,
+        constrained=False,
+    )
     assert [r.raw for r in a] == [r.raw for r in b]
 
 
@@ -390,3 +415,22 @@ def test_sampler_draws_from_the_model_distribution(engine):
     freq = sum(t == top_text for t in texts) / n
     se = math.sqrt(float(p[top]) * (1 - float(p[top])) / n)
     assert abs(freq - float(p[top])) < 5 * se + 1e-3
+
+
+def test_constrained_sampling_follows_the_label_distribution(engine):
+    """Constrained sample mode (the default for single-token answers): every answer is an allowed label,
+    drawn from the score mode's label distribution at temperature 1, reproducible by seed, no failures."""
+    prompts = [SYSTEM + OPTIONS[0], OTHER + OPTIONS[1]]
+    labels = ["A", "B", "C", "D"]
+    p = np.exp(engine.label_logprobs(prompts, labels))
+    n = 4000
+    res = engine.sample(prompts, k=n, temperature=1.0, allowed=labels, seed=2)
+    again = engine.sample(prompts, k=n, temperature=1.0, allowed=labels, seed=2)
+    assert [r.answers for r in res] == [r.answers for r in again]
+    for r, probs in zip(res, p, strict=True):
+        assert r.n_failed == 0 and r.n_retries == 0 and set(r.answers) <= set(labels)
+        freq = np.array([r.answers.count(lab) / n for lab in labels])
+        se = np.sqrt(probs * (1 - probs) / n)
+        assert np.all(np.abs(freq - probs) < 5 * se + 1e-3)
+    cold = engine.sample(prompts[:1], k=50, temperature=1e-3, allowed=labels, seed=0)[0]
+    assert set(cold.answers) == {labels[int(np.argmax(p[0]))]}  # near-zero temperature: the top label

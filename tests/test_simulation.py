@@ -163,6 +163,8 @@ def test_decisions_equal_a_direct_softmax_of_scores(tmp_path, engine):
     q = d.filter(pl.col("is_top"))["expected_qty"]
     assert q.null_count() == 0 and ((q >= 1) & (q <= 9)).all()
     assert d.filter(~pl.col("is_top"))["expected_qty"].null_count() == 8
+    med = d.filter(pl.col("is_top"))["median_qty"]
+    assert med.null_count() == 0 and set(med.to_list()) <= {float(v) for v in range(1, 10)}
     assert run.info["n_prompts"] == 4 * 3 + 4 and run.info["parse_failure_rate"] == 0.0
     assert run.info["decisions_per_sec"] > 0
     conn.close()
@@ -223,9 +225,9 @@ def test_report_matches_hand_computed_metrics(tmp_path, engine):
     # its quantity: cust_mean_qty 2.4 -> 2 for c1's episodes (b6: 3, b8: 2), else prod_mean_qty_28d 1
     # (b5: 1, b7: 1): MAE = (1 + 0 + 0 + 0) / 4
     assert base["qty_mae"] == pytest.approx(0.25)
-    # the LLM's quantity: round(expected_qty of its top row), against the actual units
+    # the LLM's quantity: the median of its top row's quantity distribution, against the actual units
     top = run.decisions.filter(pl.col("is_top"))
-    pred = {e: max(round(q), 1) for e, q in zip(top["episode_id"], top["expected_qty"], strict=True)}
+    pred = {e: max(q, 1) for e, q in zip(top["episode_id"], top["median_qty"], strict=True)}
     mae = np.mean([abs(pred[e] - TEST_QTY[e]) for e in everything])
     assert metrics.filter(method="llm_x", split="test_all")["qty_mae"][0] == pytest.approx(mae)
     md = S.report_markdown(metrics, fits)
@@ -345,3 +347,17 @@ def test_stability_by_hand():
     p1 = np.array([5 / 6, 3 / 5, 0.0])
     p2 = np.array([1 / 6, 2 / 5, 1.0])
     assert st["share_cv"] == pytest.approx((p1.std() / p1.mean() + p2.std() / p2.mean()) / 2)
+
+
+def test_quantity_median_by_hand():
+    class Fixed:  # a quantity distribution of 0.3, 0.15, 0.05 then 0.5 spread over "4".."9"
+        def label_logprobs(self, prompts, labels):
+            p = np.array([0.3, 0.15, 0.05] + [0.5 / 6] * 6)
+            return np.log(np.tile(p, (len(prompts), 1)))
+
+    from tests.test_prompts import EPISODE, customer, option
+
+    ep = S.P.PromptEpisode("test", customer(), EPISODE, [option("p1")], "p1", 1)
+    ((mean, median),) = S.quantity_distributions(Fixed(), [ep], [0], True, True)
+    assert median == 3.0  # P(Q <= 2) = 0.45, P(Q <= 3) = 0.50
+    assert mean == pytest.approx(0.3 + 0.3 + 0.15 + sum(q * 0.5 / 6 for q in range(4, 10)))

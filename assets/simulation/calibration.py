@@ -160,7 +160,8 @@ def hybrid_rows(fit: HybridFit, paired: pl.DataFrame, primary: pl.DataFrame) -> 
     for g in range(len(offsets) - 1):
         lo, hi = offsets[g], offsets[g + 1]
         top[lo + int(np.argmax(u[lo:hi]))] = True
-    qty = primary.filter(pl.col("is_top")).select("episode_id", "expected_qty")
+    qty_cols = [c for c in ("expected_qty", "median_qty") if c in primary.columns]
+    qty = primary.filter(pl.col("is_top")).select("episode_id", *qty_cols)
     run_id = primary["run_id"][0] if primary.height else ""
     out = paired.select("episode_id", "product_id").with_columns(
         run_id=pl.lit(run_id),
@@ -170,6 +171,6 @@ def hybrid_rows(fit: HybridFit, paired: pl.DataFrame, primary: pl.DataFrame) -> 
         is_top=pl.Series(top),
     )
     out = out.join(qty, on="episode_id", how="left").with_columns(
-        expected_qty=pl.when(pl.col("is_top")).then(pl.col("expected_qty"))
+        [pl.when(pl.col("is_top")).then(pl.col(c)).alias(c) for c in qty_cols]
     )
     return out.select(primary.columns)

@@ -13,7 +13,8 @@ Readings taken here (docs/tables.md, simulation section):
 - quantity: for the top option (highest utility; ties: the smaller product_id, as the baselines' top option),
   the quantity prompt and label_logprobs over "1".."9" ("9" = 9 or more, counted as 9); expected_qty =
   sum q * p(q), written on the episode's top row only (null on the other rows). In the report the predicted
-  quantity is expected_qty rounded to the nearest integer and at least 1, as the baselines' predictor is.
+  quantity is the distribution's median (median_qty, the absolute-error-optimal point; expected_qty is
+  kept beside it), at least 1, as the baselines' predictor is.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ DECISIONS_SCHEMA = {
     "prob": pl.Float64,
     "is_top": pl.Boolean,
     "expected_qty": pl.Float64,
+    "median_qty": pl.Float64,
 }
 MEMBERS_SCHEMA = {"run_id": pl.Utf8, "method": pl.Utf8, "episode_id": pl.Utf8, "split": pl.Utf8}
 SAMPLES_SCHEMA = {  # sample mode: per (episode, run) the count of each answer; product_id NULL = unparseable
@@ -329,10 +331,12 @@ def decide_listwise(engine, eps: list[P.PromptEpisode], style: bool, signals: bo
     return [u if u is not None else np.zeros(0) for u in out]
 
 
-def expected_quantities(
+def quantity_distributions(
     engine, eps: list[P.PromptEpisode], tops: list[int], style: bool, signals: bool
-) -> list[float]:
-    """sum q * p(q) over "1".."9" for each episode's top option (label_logprobs on the quantity prompt)."""
+) -> list[tuple[float, float]]:
+    """(mean, median) of the quantity distribution over "1".."9" for each episode's top option
+    (label_logprobs on the quantity prompt). The median (the smallest q with P(Q <= q) >= 1/2) is the point
+    prediction that minimises the expected absolute error, the quantity metrics' loss."""
     if not eps:
         return []
     prompts = [
@@ -344,16 +348,19 @@ def expected_quantities(
     p = np.exp(lp)
     p = p / p.sum(axis=1, keepdims=True)
     q = np.arange(1, len(QTY_LABELS) + 1, dtype=np.float64)
-    return [float(v) for v in p @ q]
+    medians = q[np.argmax(np.cumsum(p, axis=1) >= 0.5 - 1e-12, axis=1)]
+    return [(float(m), float(md)) for m, md in zip(p @ q, medians, strict=True)]
 
 
 def decide_listwise_sample(
     engine, eps: list[P.PromptEpisode], settings: DecisionSettings, seed: int
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], dict[str, int]]:
-    """Sample mode: k answers per episode for each of R runs at the temperature, under a strict grammar (one
-    label of the episode's options; unparseable answers are retried by the engine, then counted, never
-    dropped). The R runs are drawn in one engine call per group of episodes (the prompt is computed once;
-    run r takes answers r*k .. r*k+k-1), which is R independent runs since the samples are i.i.d.
+    """Sample mode: k answers per episode for each of R runs at the temperature, one label of the episode's
+    options each (the engines' constrained decoding: the hf engine draws from the label tokens' softmax,
+    vllm's structured outputs; answers that still fail the strict grammar are retried by the engine, then
+    counted, never dropped). The R runs are drawn in one engine call per group of episodes (the prompt is
+    computed once; run r takes answers r*k .. r*k+k-1), which is R independent runs since the samples are
+    i.i.d.
 
     utilities: log of the pooled answer frequency over the R*k answers with add-1/2 smoothing (so an option
     never drawn keeps a finite nll); rows: per (episode, run, answer) the count, product_id None for the
@@ -405,9 +412,10 @@ def decision_rows(
     method: str,
     eps: list[P.PromptEpisode],
     utilities: list[np.ndarray],
-    qtys: list[float | None],
+    qtys: list[tuple[float, float] | None],
 ) -> pl.DataFrame:
-    """Rows of retail_decisions: every option with utility, softmax prob, is_top, expected_qty (top row)."""
+    """Rows of retail_decisions: every option with utility, softmax prob, is_top, and on the top row the
+    mean (expected_qty) and median (median_qty) of the quantity distribution."""
     rows = []
     for ep, u, q in zip(eps, utilities, qtys, strict=True):
         probs = softmax(u)
@@ -423,7 +431,8 @@ def decision_rows(
                     "utility": ui if math.isfinite(ui) else None,
                     "prob": float(probs[i]),
                     "is_top": i == t,
-                    "expected_qty": q if i == t else None,
+                    "expected_qty": q[0] if q is not None and i == t else None,
+                    "median_qty": q[1] if q is not None and i == t else None,
                 }
             )
     return pl.DataFrame(rows, schema=DECISIONS_SCHEMA)
@@ -472,7 +481,7 @@ def run_decisions(
     tok0, sec0 = _stats(engine)
     t0 = time.perf_counter()
     utilities: list[np.ndarray] = []
-    qtys: list[float | None] = []
+    qtys: list[tuple[float, float] | None] = []
     sample_rows: list[dict[str, Any]] = []
     counts: dict[str, float] = {}
     chunk = max(1, int(settings.chunk_episodes))
@@ -500,7 +509,7 @@ def run_decisions(
             utilities += us
             if settings.quantity:
                 tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
-                qtys += expected_quantities(engine, part, tops, style, signals)
+                qtys += quantity_distributions(engine, part, tops, style, signals)
             else:
                 qtys += [None] * len(part)
             bar.update(len(part))
@@ -547,6 +556,8 @@ def run_decisions(
 def write_decisions(conn, run: DecisionRun, method: str) -> None:
     """Replace the rows of `method` in retail_decisions and retail_decision_episodes (one transaction)."""
     conn.execute(load_sql("simulation/create_retail_decisions"))
+    # a table written before the median existed gains the column (its old rows keep NULL there)
+    conn.execute("alter table retail_decisions add column if not exists median_qty double")
     conn.execute(load_sql("simulation/create_retail_decision_episodes"))
     conn.execute(load_sql("simulation/create_retail_decision_samples"))
     conn.execute("begin transaction")
@@ -612,8 +623,13 @@ def load_report_baselines(conn, episode_ids: list[str]) -> pl.DataFrame:
 
 
 def llm_qty(decisions: pl.DataFrame, options: pl.DataFrame) -> pl.DataFrame:
-    """episode_id, qty_pred (expected_qty of the top row rounded, at least 1), qty_actual."""
-    top = decisions.filter(pl.col("is_top")).select("episode_id", "expected_qty")
+    """episode_id, qty_pred (the median of the top row's quantity distribution; rows written before the
+    median existed: expected_qty rounded, at least 1), qty_actual."""
+    if "median_qty" not in decisions.columns:
+        decisions = decisions.with_columns(median_qty=pl.lit(None, dtype=pl.Float64))
+    top = decisions.filter(pl.col("is_top")).select(
+        "episode_id", expected_qty=pl.coalesce("median_qty", pl.col("expected_qty").round(0))
+    )
     act = options.group_by("episode_id").agg(qty_actual=pl.col("quantity").first().cast(pl.Float64))
     return act.join(top, on="episode_id", how="left").select(
         "episode_id",
@@ -651,7 +667,12 @@ def report_rows(
             else:
                 qty = qty_customer_mean(long)
             mine_splits = [s for s in splits if not (is_hybrid and s == "val")]
-            for r in evaluate_splits(long, qty, members, mine_splits):
+            mine_members = members
+            if is_hybrid:  # fitted on val: scored on the test episodes only (its val rows do not exist)
+                mine_members = members.filter(pl.col("split") != "val")
+                long = long.join(mine_members.select("episode_id").unique(), on="episode_id", how="semi")
+                qty = qty.join(mine_members.select("episode_id").unique(), on="episode_id", how="semi")
+            for r in evaluate_splits(long, qty, mine_members, mine_splits):
                 rows.append(
                     {"sample": sample, "method": method, "kind": "hybrid" if is_hybrid else kind, **r}
                 )

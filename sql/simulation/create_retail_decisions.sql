@@ -8,5 +8,6 @@ create table if not exists retail_decisions (
     utility double,
     prob double,
     is_top boolean,
-    expected_qty double
+    expected_qty double,
+    median_qty double
 )

@@ -8,5 +8,6 @@ select
     cast(utility as double),
     cast(prob as double),
     cast(is_top as boolean),
-    cast(expected_qty as double)
+    cast(expected_qty as double),
+    cast(median_qty as double)
 from staged_retail_decisions
