@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from pipelines.definitions import defs
 from pipelines.jobs import STAGES
@@ -99,3 +100,23 @@ def test_resource_sets_per_environment():
     local, gpu = build_resources("local"), build_resources("gpu")
     assert {"duckdb", "mlflow", "llm"} <= set(local) and set(local) == set(gpu)
     assert local["llm"].backend == "hf" and gpu["llm"].backend == "vllm"
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_profiles_are_valid_run_configs_of_main_job(profile):
+    from pipelines.profiles import profile_run_config
+
+    job = defs.resolve_job_def("main_job")
+    ops = {n for n in job.graph.node_dict}
+    cfg = profile_run_config(profile, ops)
+    cfg["ops"]["ingest"] = {"config": {"sources": ["completejourney"]}}
+    assert dg.validate_run_config(job, cfg)
+    if profile == "full":
+        assert cfg["ops"]["retail_decisions"]["config"]["n_per_split"] == 2000
+
+
+def test_unknown_profile_is_a_clear_error():
+    from pipelines.profiles import profile_run_config
+
+    with pytest.raises(ValueError, match="use one of quick, full"):
+        profile_run_config("huge", set())
