@@ -221,6 +221,21 @@ class HFEngine:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits.cpu().numpy().astype(np.float64)
 
+    def _right_padded(self, seqs: list[list[int]]):
+        """(input_ids, attention_mask, position_ids, lengths) of token sequences as one right-padded batch on
+        CPU: pads after each sequence (masked), positions 0.. from each sequence's start."""
+        import torch
+
+        lens = [len(q) for q in seqs]
+        width = max(lens)
+        inp = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, q in enumerate(seqs):
+            inp[r, : lens[r]] = torch.as_tensor(q)
+            mask[r, : lens[r]] = 1
+        pos = torch.arange(width).unsqueeze(0).expand(len(seqs), -1)
+        return inp, mask, pos, lens
+
     def _full_rows(self, seqs: list[list[int]], ids: list[int], bar=None) -> np.ndarray:
         """Logits of `ids` after each full sequence: length-sorted, right-padded batches, explicit positions."""
         import torch
@@ -230,14 +245,7 @@ class HFEngine:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                lens = [len(seqs[i]) for i in chunk]
-                width = max(lens)
-                inp = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, i in enumerate(chunk):
-                    inp[r, : lens[r]] = torch.as_tensor(seqs[i])
-                    mask[r, : lens[r]] = 1
-                pos = torch.arange(width).unsqueeze(0).expand(len(chunk), -1)
+                inp, mask, pos, lens = self._right_padded([seqs[i] for i in chunk])
                 hs = self.decoder(
                     input_ids=inp.to(self.device),
                     attention_mask=mask.to(self.device),
@@ -269,14 +277,7 @@ class HFEngine:
             for cstart in range(0, len(items), self.batch_size):
                 chunk_items = items[cstart : cstart + self.batch_size]
                 # 1. the chunk's prefixes as one right-padded batch: its cache has masked pad slots at the end
-                plens = [len(prefixes[i]) for i in chunk_items]
-                pw = max(plens)
-                pin = torch.full((len(chunk_items), pw), self.pad_id, dtype=torch.long)
-                pmask = torch.zeros((len(chunk_items), pw), dtype=torch.long)
-                for r, i in enumerate(chunk_items):
-                    pin[r, : plens[r]] = torch.as_tensor(prefixes[i])
-                    pmask[r, : plens[r]] = 1
-                ppos = torch.arange(pw).unsqueeze(0).expand(len(chunk_items), -1)
+                pin, pmask, ppos, plens = self._right_padded([prefixes[i] for i in chunk_items])
                 pmask = pmask.to(dev)
                 pout = self.decoder(
                     input_ids=pin.to(dev), attention_mask=pmask, position_ids=ppos.to(dev), use_cache=True
@@ -459,14 +460,7 @@ class HFEngine:
         with torch.inference_mode():
             for start in range(0, len(prompts), per_batch):
                 chunk = prompts[start : start + per_batch]
-                plens = [len(p) for p in chunk]
-                pw = max(plens)
-                pin = torch.full((len(chunk), pw), self.pad_id, dtype=torch.long)
-                pmask = torch.zeros((len(chunk), pw), dtype=torch.long)
-                for r, p in enumerate(chunk):
-                    pin[r, : plens[r]] = torch.as_tensor(p)
-                    pmask[r, : plens[r]] = 1
-                ppos = torch.arange(pw).unsqueeze(0).expand(len(chunk), -1)
+                pin, pmask, ppos, plens = self._right_padded(chunk)
                 out = self.decoder(
                     input_ids=pin.to(dev),
                     attention_mask=pmask.to(dev),
