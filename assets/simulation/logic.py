@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from assets.evaluation.baselines import SPLITS, qty_customer_mean, split_membership
+from assets.evaluation.baselines import METRICS_SCHEMA, SPLITS, qty_customer_mean, split_membership
 from assets.evaluation.logic import METRIC_NAMES, headline_metrics  # noqa: F401 - shared with the baseline report
 from assets.evaluation.metrics import evaluate_splits
 from assets.prompts import logic as P
@@ -62,18 +62,11 @@ SAMPLES_SCHEMA = {  # sample mode: per (episode, run) the count of each answer; 
     "product_id": pl.Utf8,
     "n": pl.Int64,
 }
-REPORT_SCHEMA = {
+REPORT_SCHEMA = {  # baseline_metrics' columns, with the sample, the kind and the stability figures
     "sample": pl.Utf8,
     "method": pl.Utf8,
     "kind": pl.Utf8,
-    "split": pl.Utf8,
-    "n_episodes": pl.Int64,
-    "hit1": pl.Float64,
-    "hit3": pl.Float64,
-    "nll": pl.Float64,
-    "qty_mae": pl.Float64,
-    "qty_wape": pl.Float64,
-    "share_jsd": pl.Float64,
+    **{k: v for k, v in METRICS_SCHEMA.items() if k != "method"},
     "top1_agreement": pl.Float64,  # sample mode only (EVALUATION.md's stability over R runs)
     "share_cv": pl.Float64,
 }
