@@ -93,6 +93,12 @@ def parse_answer(text: str, allowed: list[str] | tuple[str, ...]) -> str | None:
     return s if s in set(allowed) else None
 
 
+def check_score_args(answers: list[str] | tuple[str, ...]) -> None:
+    """Score mode's precondition, shared by both engines: a positive and a negative answer."""
+    if len(answers) != 2:
+        raise ValueError(f"score mode needs exactly two answers (positive, negative), got {list(answers)}")
+
+
 def check_sample_args(temperature: float, allowed: list[str] | tuple[str, ...]) -> None:
     """Sample mode's preconditions, shared by both engines."""
     if temperature <= 0:
@@ -356,10 +362,7 @@ class HFEngine:
         """Utilities for many episodes (prefix, suffixes), batched across episodes."""
         from tqdm.auto import tqdm
 
-        if len(answers) != 2:
-            raise ValueError(
-                f"score mode needs exactly two answers (positive, negative), got {list(answers)}"
-            )
+        check_score_args(answers)
         reuse = self.prefix_reuse if prefix_reuse is None else prefix_reuse
         first = next(((p, s) for p, ss in items for s in ss), None)
         if first is None:

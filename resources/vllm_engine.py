@@ -31,6 +31,7 @@ from resources.hf_engine import (
     SampleResult,
     answer_token_ids,
     check_sample_args,
+    check_score_args,
     encode,
     parse_answer,
 )
@@ -161,10 +162,7 @@ class VLLMEngine:
         progress: bool | None = True,
     ) -> list[np.ndarray]:
         """Utilities for many episodes; vLLM's prefix cache shares each episode's prefix."""
-        if len(answers) != 2:
-            raise ValueError(
-                f"score mode needs exactly two answers (positive, negative), got {list(answers)}"
-            )
+        check_score_args(answers)
         first = next(((p, s) for p, ss in items for s in ss), None)
         if first is None:
             return [np.zeros(0) for _ in items]

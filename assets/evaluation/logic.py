@@ -71,7 +71,8 @@ def metrics_problems(metrics: pl.DataFrame) -> list[str]:
     return problems
 
 
-def _fmt(v: Any) -> str:
+def fmt_cell(v: Any) -> str:
+    """A markdown table cell: '–' for missing, 4 decimals for floats."""
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -91,7 +92,7 @@ def metrics_markdown(metrics: pl.DataFrame) -> str:
         out.append("| " + " | ".join(cols) + " |")
         out.append("|" + "---|" * len(cols))
         for row in part.iter_rows(named=True):
-            out.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+            out.append("| " + " | ".join(fmt_cell(row[c]) for c in cols) + " |")
         out.append("")
     return "\n".join(out)
 

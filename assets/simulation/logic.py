@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from assets.evaluation.baselines import METRICS_SCHEMA, SPLITS, qty_customer_mean, split_membership
-from assets.evaluation.logic import METRIC_NAMES, headline_metrics  # noqa: F401 - shared with the baseline report
+from assets.evaluation.logic import METRIC_NAMES, fmt_cell, headline_metrics  # noqa: F401 - shared with the baseline report
 from assets.evaluation.metrics import evaluate_splits
 from assets.prompts import logic as P
 from assets.prompts import templates as T
@@ -766,14 +766,6 @@ def gap_lines(metrics: pl.DataFrame, metric: str = "hit1") -> list[str]:
     return lines
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
-
-
 SAMPLE_TITLES = {
     "main": "main sample (every method on the same N episodes per split)",
     "variants": "variants sample (zero-shot, listwise and ablation rows beside the main rows, on its smaller "
@@ -807,7 +799,9 @@ def report_markdown(metrics: pl.DataFrame, fits: list | None = None) -> str:
                 "_o", "hit1", descending=[False, True], nulls_last=True
             )
             out += [f"**{split}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-            out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)]
+            out += [
+                "| " + " | ".join(fmt_cell(r[c]) for c in cols) + " |" for r in part.iter_rows(named=True)
+            ]
             out.append("")
     return "\n".join(out)
 
