@@ -121,8 +121,10 @@ def eval_report(
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Metrics (EVALUATION.md) of the LLM variants of retail_decisions per split, beside the baselines'
-    predictions recomputed on the same sample episodes: table eval_metrics, markdown, hit@1 plot, MLflow."""
+    """Metrics (EVALUATION.md) of the LLM methods of retail_decisions per split, the calibrated hybrid of the
+    primary (a * u_llm + b * s_clogit fitted on its val episodes) and sample mode's stability, beside the
+    baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample):
+    table eval_metrics, markdown, hit@1 plot, MLflow."""
     out_dir = data_dir() / "simulation" / context.run.run_id
     with duckdb.get_connection() as conn:
         metrics, fits = logic.build_report(conn, config.methods or None, log=context.log.info)
