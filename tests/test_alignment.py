@@ -202,7 +202,7 @@ def test_softmax_loss_trains_the_choice(tiny_model, tmp_path):
     result = L.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
     # chance is ln 4 per episode; the trained choice model must be far better on these memorisable episodes
     assert result.eval_loss_before > 0.8 * math.log(4) and result.eval_loss < 0.5 * math.log(4)
-    assert result.examples_seen == 60 * 2  # batch 8 prompts = 2 episodes of 4 per step
+    assert result.examples_seen == 60 * 8  # batch 8 prompts = 2 episodes of 4 per step (8 answers)
     engine = HFEngine(tiny_model, adapter_path=str(tmp_path / "a"), progress=False)
     items = [(p[: p.index("<|im_start|>user")], [q[q.index("<|im_start|>user") :] for q in ep["prompt"]])
              for (_, ep) in rows.group_by("episode_id", maintain_order=True) for p in [ep["prompt"][0]]]  # fmt: skip
@@ -212,6 +212,115 @@ def test_softmax_loss_trains_the_choice(tiny_model, tmp_path):
     ]
     hits = [int(max(range(4), key=lambda i: u[i]) == c) for u, c in zip(utilities, chosen, strict=True)]
     assert sum(hits) >= 11  # chance: 4 of 16
+
+
+def _scrambled(tiny_model):
+    """The tiny model with large random weights (its own init is near zero, so masks would hardly matter)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_model), dtype=torch.float32, attn_implementation="sdpa"
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def test_time_cosine_factor():
+    assert L.time_cosine_factor(0, 60) == 1.0 and L.time_cosine_factor(60, 60) == 0.0
+    assert L.time_cosine_factor(30, 60) == pytest.approx(0.5) and L.time_cosine_factor(90, 60) == 0.0
+    assert L.time_cosine_factor(5, 0) == 1.0  # no budget: no decay
+
+
+def test_decay_by_time_lowers_the_learning_rate(tiny_model, tmp_path):
+    """With a budget far longer than the run the factor stays near 1; with one that runs out it reaches 0:
+    the adapter of a run whose steps all come after the budget equals the initial (zero-update) one."""
+    rows = episode_rows(4)
+    cfg = L.LoraTrainSettings(**{**FAST, "max_minutes": 1e-6}, decay_by_time=True, max_steps=3, epochs=5.0)
+    trainer, state = L.build_trainer(tiny_model, rows, None, cfg, tmp_path / "t", L._quiet)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+    trainer.train()
+    after = {k: v.detach() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+    assert all(float((after[k] - before[k]).abs().max()) == 0.0 for k in before)  # lr 0: no update
+    cfg2 = L.LoraTrainSettings(**FAST, decay_by_time=True, max_steps=3, epochs=5.0)
+    trainer2, _ = L.build_trainer(tiny_model, rows, None, cfg2, tmp_path / "t2", L._quiet)
+    trainer2.train()
+    moved = [float(v.detach().abs().max()) for k, v in trainer2.model.named_parameters() if "lora_B" in k]
+    assert max(moved) > 0.0
+
+
+def test_split_prompt_cuts_before_the_last_user_turn():
+    pre, suf = L.split_prompt(prompt("apple", 3))
+    assert pre == SYSTEM and suf.startswith("<|im_start|>user\nOffer 3") and pre + suf == prompt("apple", 3)
+    with pytest.raises(ValueError, match="user turn"):
+        L.split_prompt("no turns here")
+
+
+def test_packed_episode_equals_separate_prompts(tiny_model, tokenizer):
+    """Each option's answer position in the packed sequence has the hidden state of its own prompt run alone
+    (fp32, 1e-4), and the loss equals the unpacked answer-token loss; a plain causal mask (options seeing each
+    other) does not."""
+    import torch
+
+    model = _scrambled(tiny_model)
+    rows = episode_rows(3)
+    packs = L.pack_episodes(tokenizer, rows, 512)
+    assert len(packs["input_ids"]) == 3 and all(len(s) == 4 for s in packs["suffix_lens"])
+    assert [sum(y) for y in packs["yes"]] == [1, 1, 1]
+    batch = L.packed_collator(tokenizer.pad_token_id)([{k: v[i] for k, v in packs.items()} for i in range(3)])
+    with torch.inference_mode():
+        packed = L.packed_answer_hidden(model, batch)
+        alone = torch.stack(
+            [model.model(input_ids=torch.as_tensor([tokenizer(p, add_special_tokens=False)["input_ids"]]))
+             .last_hidden_state[0, -1] for p in rows["prompt"].to_list()]
+        )  # fmt: skip
+        assert torch.allclose(packed, alone, atol=1e-4, rtol=1e-4)
+        causal = dict(batch, attention_mask=None)  # plain causal: later options see the earlier ones
+        assert (L.packed_answer_hidden(model, causal) - alone).abs().max() > 1e-2
+        ids = {"Yes": YES_ID, "No": NO_ID}
+        logits = model.lm_head(alone)
+        target = torch.as_tensor([ids[a] for a in rows["completion"].to_list()])
+        expected = torch.nn.functional.cross_entropy(logits, target)
+        got = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=False)
+        assert abs(float(got) - float(expected)) < 1e-4
+
+
+@pytest.mark.parametrize("loss", ["pointwise", "softmax"])
+def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss):
+    from resources.hf_engine import HFEngine
+
+    rows = episode_rows(16)
+    longest = max(
+        len(ids) for ids in tokenizer(rows["prompt"].to_list(), add_special_tokens=False)["input_ids"]
+    )
+    cfg = L.LoraTrainSettings(  # max_length bounds each prompt; a pack of 4 is longer and must not be cut
+        **{**FAST, "loss": loss, "learning_rate": 1e-3, "pack_prefix": True, "max_length": longest},
+        max_steps=60,
+        epochs=50.0,
+    )
+    result = L.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
+    assert result.examples_seen == 60 * 8  # batch 8 answers = 2 packed episodes of 4 per step
+    assert result.eval_loss < 0.6 * result.eval_loss_before
+    if loss == "pointwise":  # its answers are learnt (the loss above); ranking is the softmax loss's job
+        return
+    engine = HFEngine(tiny_model, adapter_path=str(tmp_path / "a"), progress=False)
+    items = [L.split_prompt(p) for p in rows["prompt"].to_list()]
+    by_ep = [(items[i][0], [items[j][1] for j in range(i, i + 4)]) for i in range(0, len(items), 4)]
+    utilities = engine.score_many(by_ep, progress=False)
+    chosen = [
+        ep["completion"].to_list().index("Yes") for _, ep in rows.group_by("episode_id", maintain_order=True)
+    ]
+    hits = [int(max(range(4), key=lambda i: u[i]) == c) for u, c in zip(utilities, chosen, strict=True)]
+    assert sum(hits) >= 11  # chance: 4 of 16
+
+
+def test_packing_refuses_other_forms(tiny_model, tmp_path):
+    rows = episode_rows(2).with_columns(form=pl.lit("listwise"))
+    with pytest.raises(ValueError, match="pack_prefix packs utility rows only"):
+        L.train_lora(tiny_model, rows, None, L.LoraTrainSettings(**FAST, pack_prefix=True), tmp_path / "a")
 
 
 def test_softmax_loss_needs_episodes(tiny_model, tmp_path):

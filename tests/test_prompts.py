@@ -127,6 +127,23 @@ def test_utility_prompt_content():
     assert none.startswith("You: no details.\n") and none.endswith("\nNo past trips here.")
 
 
+def test_set_ranks_and_new_items():
+    assert T.competition_ranks([3, None, 12, 0, 3, 40]) == [3, None, 2, None, 3, 1]  # ties share a rank
+    opts = T.with_set_ranks(
+        [option("a", pop_28d=5, cust_product_purchases=0), option("b", pop_28d=9, cust_product_purchases=2),
+         option("c", pop_28d=0, cust_product_purchases=7, is_new=True)]
+    )  # fmt: skip
+    assert [(o.pop_rank, o.own_rank) for o in opts] == [(2, None), (1, 2), (None, 1)]
+    sa, sb, sc = (T.utility_suffix(o, customer()) for o in opts)
+    assert "5 sold/28d (#2)" in sa and "bought it" not in sa and "new item" not in sa
+    assert "you bought it 2x (#2); 9 sold/28d (#1)" in sb
+    assert "you bought it 7x (#1)" in sc and "sold" not in sc and sc.count("; new item\n") == 1
+    plain = T.utility_suffix(option(pop_28d=5), customer())  # no rank known: the count alone
+    assert "5 sold/28d\n" in plain and "#" not in plain
+    off = T.utility_suffix(opts[2], customer(), include_signals=False)
+    assert "#" not in off and "new item" not in off
+
+
 def test_switches_remove_what_they_should():
     full = T.utility_prompt(customer(), EPISODE, [option()])
     no_style = T.utility_prompt(customer(), EPISODE, [option()], include_style=False)
@@ -230,6 +247,9 @@ def test_token_budgets_with_every_field_at_its_cap(tok):
         cust_brand_purchases=9999,
         cust_product_purchases=9999,
         pop_28d=99999,
+        pop_rank=10,
+        own_rank=10,
+        is_new=True,
     )
     u = T.utility_prompt(c, e, [o])
     assert len(L.token_ids(tok, u.prefix)) <= T.TOKEN_BUDGETS["prefix"]
@@ -378,6 +398,12 @@ def test_build_prompt_rows_reads_the_warehouse(tmp_path):
     assert levels["price_sensitivity"] == "high" and levels["basket_size"] == "high"
     assert levels["variety_seeking"] == "high" and levels["loss_aversion"] == "high"
     assert [o.product_id for o in val.options] == ["p1", "p2", "p3"]
+    # ranks over the whole choice set (so a sampled subset of negatives keeps them)
+    assert [o.own_rank for o in val.options] == T.competition_ranks(
+        [o.cust_product_purchases for o in val.options]
+    )
+    assert [o.pop_rank for o in val.options] == T.competition_ranks([o.pop_28d for o in val.options])
+    assert all(o.is_new is not None for o in val.options)
     assert val.quantity == 12 and val.chosen_product_id == "p1"
     assert val.options[2].attributes == (("package_size", "5 OZ"),)
     (test,) = L.build_prompt_rows(conn, "test")

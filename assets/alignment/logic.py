@@ -59,6 +59,9 @@ class LoraTrainSettings:
     loss: str = "pointwise"  # 'pointwise': cross-entropy of each Yes/No answer; 'softmax': the episode's
     # utilities log P(Yes) - log P(No) of its options (the chosen one and its sampled negatives) in a softmax,
     # cross-entropy of the chosen option: the choice model's own likelihood (utility form only)
+    decay_by_time: bool = False  # learning rate times a cosine of the elapsed share of the time budget
+    pack_prefix: bool = False  # utility form: one sequence per episode, its prefix computed once for all of
+    # its options (block attention mask); same loss, fewer tokens per example
 
 
 @dataclass
@@ -244,14 +247,30 @@ def _count_params(model) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
-def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log):
+def time_cosine_factor(elapsed: float, max_seconds: float) -> float:
+    """The learning-rate factor of the time-cosine schedule: 1 at the start, 0 when the budget is spent."""
+    if max_seconds <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(elapsed / max_seconds, 0.0), 1.0)))
+
+
+def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log, decay_by_time: bool = False):
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
-        """Stops training once the loop has run max_seconds; records the loss curve and the loop's time."""
+        """Stops training once the loop has run max_seconds; records the loss curve and the loop's time.
+        decay_by_time: before each optimizer step the learning rate is the scheduler's times the time-cosine
+        factor, so that it reaches 0 when the budget (not a step count nobody knows in advance) runs out."""
 
         def on_train_begin(self, args, st, control, **kw):
             state["t0"] = time.perf_counter()
+
+        def on_step_begin(self, args, st, control, optimizer=None, lr_scheduler=None, **kw):
+            if not decay_by_time or optimizer is None or lr_scheduler is None:
+                return
+            factor = time_cosine_factor(time.perf_counter() - state["t0"], max_seconds)
+            for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr(), strict=False):
+                group["lr"] = lr * factor
 
         def on_step_end(self, args, st, control, **kw):
             elapsed = time.perf_counter() - state["t0"]
@@ -264,7 +283,10 @@ def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log):
             if logs and "loss" in logs:
                 point = {
                     "step": float(st.global_step),
-                    "examples": float(min(st.global_step * args.per_device_train_batch_size, state["n"])),
+                    "examples": float(
+                        min(st.global_step * args.per_device_train_batch_size, state["n"])
+                        * state.get("per_item", 1.0)
+                    ),
                     "loss": float(logs["loss"]),
                     "elapsed_s": round(time.perf_counter() - state["t0"], 2),
                 }
@@ -359,6 +381,146 @@ def episode_softmax_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int)
     return torch.stack(losses).mean()
 
 
+def split_prompt(prompt: str) -> tuple[str, str]:
+    """(prefix, suffix) of a utility prompt: the suffix is its last user turn and the assistant start (the
+    option and the question), the prefix everything before it (system message, customer, context)."""
+    from assets.prompts.templates import IM_START
+
+    cut = prompt.rfind(f"{IM_START}user\n")
+    if cut <= 0:
+        raise ValueError("a utility prompt must end with a user turn after the customer's turn")
+    return prompt[:cut], prompt[cut:]
+
+
+def pack_episodes(tokenizer, df: pl.DataFrame, max_length: int) -> dict[str, list]:
+    """Utility rows packed per episode: the shared prefix's tokens once, then each option's suffix, one sequence
+    per episode (the collator's block mask lets each suffix see only the prefix and itself, and gives it the
+    positions it has in its own prompt). Per episode: input_ids, prefix_len, suffix_lens, yes (1 where the
+    row's answer is "Yes"). Options whose own prompt would exceed max_length are left out, as are episodes
+    left with no option. Rows of an episode with another prefix form their own pack."""
+    df = df.filter(pl.col("form") == "utility") if "form" in df.columns else df
+    out: dict[str, list] = {"input_ids": [], "prefix_len": [], "suffix_lens": [], "yes": []}
+    if df.height == 0:
+        return out
+    parts = [split_prompt(p) for p in df["prompt"].to_list()]
+    df = df.with_columns(_prefix=pl.Series([a for a, _ in parts]), _suffix=pl.Series([b for _, b in parts]))
+    key = "episode_id" if "episode_id" in df.columns else "_prefix"
+    groups = df.group_by(key, "_prefix", maintain_order=True).agg("_suffix", "completion")
+    pre_ids = tokenizer(groups["_prefix"].to_list(), add_special_tokens=False)["input_ids"]
+    for pre, sufs, answers in zip(
+        pre_ids, groups["_suffix"].to_list(), groups["completion"].to_list(), strict=True
+    ):
+        suf_ids = tokenizer(sufs, add_special_tokens=False)["input_ids"]
+        keep = [i for i, s in enumerate(suf_ids) if not max_length or len(pre) + len(s) <= max_length]
+        if not keep:
+            continue
+        out["input_ids"].append(list(pre) + [t for i in keep for t in suf_ids[i]])
+        out["prefix_len"].append(len(pre))
+        out["suffix_lens"].append([len(suf_ids[i]) for i in keep])
+        out["yes"].append([int(str(answers[i]).strip() == "Yes") for i in keep])
+    return out
+
+
+def packed_collator(pad_id: int):
+    """Collates packed episodes into right-padded input_ids, position ids and a boolean 4D attention mask
+    (batch, 1, L, L): prefix tokens attend causally to the prefix; each suffix token to the prefix and causally
+    to its own suffix; padding only to itself. Also the (row, position) of each option's answer (the last token
+    of its suffix), its Yes flag and the option count of each episode."""
+    import torch
+
+    def collate(items: list[dict]) -> dict:
+        width = max(len(it["input_ids"]) for it in items)
+        n = len(items)
+        inp = torch.full((n, width), pad_id, dtype=torch.long)
+        pos = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
+        rows, cols, yes, sizes = [], [], [], []
+        for b, it in enumerate(items):
+            ids, p = it["input_ids"], int(it["prefix_len"])
+            inp[b, : len(ids)] = torch.as_tensor(ids)
+            mask[b, 0, :p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
+            pos[b, :p] = torch.arange(p)
+            start = p
+            for length, y in zip(it["suffix_lens"], it["yes"], strict=True):
+                end = start + int(length)
+                mask[b, 0, start:end, :p] = True
+                mask[b, 0, start:end, start:end] = torch.ones(
+                    (end - start, end - start), dtype=torch.bool
+                ).tril()
+                pos[b, start:end] = torch.arange(p, p + end - start)
+                rows.append(b)
+                cols.append(end - 1)
+                yes.append(int(y))
+                start = end
+            for i in range(len(ids), width):
+                mask[b, 0, i, i] = True
+            sizes.append(len(it["suffix_lens"]))
+        return {
+            "input_ids": inp,
+            "position_ids": pos,
+            "attention_mask": mask,
+            "answer_rows": torch.as_tensor(rows),
+            "answer_cols": torch.as_tensor(cols),
+            "yes": torch.as_tensor(yes),
+            "group_sizes": torch.as_tensor(sizes),
+        }
+
+    return collate
+
+
+def packed_answer_hidden(model, inputs: dict[str, Any]):
+    """Final hidden states at each option's answer position of a packed batch (one row per option)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        position_ids=inputs["position_ids"],
+    ).last_hidden_state
+    return hidden[inputs["answer_rows"], inputs["answer_cols"]]
+
+
+def packed_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int, softmax: bool):
+    """The loss of a packed batch. pointwise: mean cross-entropy (whole vocabulary) of each option's answer
+    token, "Yes" or "No" (the unpacked pointwise loss, computed once per prefix). softmax: mean over episodes of
+    -log softmax(u)[chosen], u = logit(Yes) - logit(No) of its options (episodes without exactly one "Yes"
+    are skipped)."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = packed_answer_hidden(model, inputs)
+    yes = inputs["yes"].to(h.device)
+    if not softmax:
+        logits = base.get_output_embeddings()(h).float()
+        target = torch.where(yes > 0, torch.as_tensor(yes_id), torch.as_tensor(no_id)).to(h.device)
+        return F.cross_entropy(logits, target)
+    w = base.get_output_embeddings().weight[[yes_id, no_id]]
+    logits = (h @ w.T).float()
+    u = logits[:, 0] - logits[:, 1]
+    losses = []
+    for part, flags in zip(
+        torch.split(u, inputs["group_sizes"].tolist()),
+        torch.split(yes, inputs["group_sizes"].tolist()),
+        strict=True,
+    ):
+        if int(flags.sum()) == 1 and part.numel() >= 2:
+            losses.append(-torch.log_softmax(part, dim=0)[int(flags.argmax())])
+    return torch.stack(losses).mean() if losses else u.sum() * 0.0
+
+
+def _packed_trainer(base_cls, device: str, bf16: bool, yes_id: int, no_id: int, softmax: bool):
+    """SFTTrainer whose loss is packed_loss (bf16 autocast as _answer_head_trainer)."""
+    import torch
+
+    class PackedSFTTrainer(base_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = packed_loss(model, inputs, yes_id, no_id, softmax)
+            return (loss, None) if return_outputs else loss
+
+    return PackedSFTTrainer
+
+
 def _softmax_trainer(base_cls, device: str, bf16: bool, yes_id: int, no_id: int):
     """SFTTrainer whose loss is episode_softmax_loss (bf16 autocast as _answer_head_trainer)."""
     import torch
@@ -406,7 +568,9 @@ def build_trainer(
     tok = AutoTokenizer.from_pretrained(str(model_path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    # packing passes a boolean 4D mask, which the sdpa attention takes as it is
+    attn = {"attn_implementation": "sdpa"} if cfg.pack_prefix else {}
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, **attn)
     n_layers = int(model.config.num_hidden_layers)
     model = get_peft_model(model, lora_config(cfg, n_layers))
     train_df, eval_df = _as_frame(train_rows), _as_frame(eval_rows)
@@ -415,7 +579,22 @@ def build_trainer(
     softmax = cfg.loss == "softmax"
     extra: dict[str, Any] = {}
     per_step = cfg.batch_size
-    if softmax:
+    per_item = 1.0  # examples (answers) per dataset item
+    if cfg.pack_prefix:
+        if "form" in train_df.columns and set(train_df["form"].unique().to_list()) - {"utility"}:
+            raise ValueError(
+                "pack_prefix packs utility rows only: set forms=['utility'] or pack_prefix=False"
+            )
+        train_ds = Dataset.from_dict(pack_episodes(tok, train_df, cfg.max_length))
+        eval_p = pack_episodes(tok, eval_df, cfg.max_length) if eval_df.height else {"input_ids": []}
+        eval_ds = Dataset.from_dict(eval_p) if eval_p["input_ids"] else None
+        if len(train_ds) == 0:
+            raise ValueError("pack_prefix: no utility rows to pack in the training rows")
+        # about batch_size answers per step, as the unpacked losses
+        per_item = sum(len(g) for g in train_ds["suffix_lens"]) / len(train_ds)
+        per_step = max(1, round(cfg.batch_size / per_item))
+        extra = {"data_collator": packed_collator(tok.pad_token_id), "remove_unused_columns": False}
+    elif softmax:
         train_ds = Dataset.from_dict(group_episodes(tok, train_df, cfg.max_length))
         eval_g = group_episodes(tok, eval_df, cfg.max_length) if eval_df.height else {"chosen": []}
         eval_ds = Dataset.from_dict(eval_g) if eval_g["chosen"] else None
@@ -424,8 +603,8 @@ def build_trainer(
                 "softmax loss: no episode with one 'Yes' option and a negative in the training rows"
             )
         # about batch_size prompts per step, as the pointwise loss: episodes of ~(1 + negatives) options
-        mean_size = sum(len(g) for g in train_ds["input_ids"]) / len(train_ds)
-        per_step = max(1, round(cfg.batch_size / mean_size))
+        per_item = sum(len(g) for g in train_ds["input_ids"]) / len(train_ds)
+        per_step = max(1, round(cfg.batch_size / per_item))
         extra = {"data_collator": softmax_collator(tok.pad_token_id), "remove_unused_columns": False}
     else:
         train_ds = Dataset.from_dict(tokenize_pairs(tok, train_df, cfg.max_length))
@@ -448,19 +627,22 @@ def build_trainer(
         data_seed=cfg.seed,
         bf16=use_bf16 and device == "cuda",  # CPU: the explicit autocast of compute_loss
         use_cpu=device == "cpu",
-        max_length=cfg.max_length,
+        max_length=None if cfg.pack_prefix else cfg.max_length,  # packs hold several prompts: not cut
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=False,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        **({"remove_unused_columns": False} if softmax else {}),
+        **({"remove_unused_columns": False} if extra else {}),
     )
     state: dict[str, Any] = {"history": [], "stopped_by_time": False, "n": len(train_ds) * cfg.epochs}
-    if softmax:
+    if softmax or cfg.pack_prefix:
         from resources.hf_engine import answer_token_ids
 
         yes_id, no_id = answer_token_ids(tok, train_df["prompt"][0], ["Yes", "No"])
-        cls = _softmax_trainer(SFTTrainer, device, use_bf16, yes_id, no_id)
+        if cfg.pack_prefix:
+            cls = _packed_trainer(SFTTrainer, device, use_bf16, yes_id, no_id, softmax)
+        else:
+            cls = _softmax_trainer(SFTTrainer, device, use_bf16, yes_id, no_id)
     else:
         cls = _answer_head_trainer(SFTTrainer, device, use_bf16)
     trainer = cls(
@@ -469,11 +651,12 @@ def build_trainer(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tok,
-        callbacks=[_time_budget_callback(cfg.max_minutes * 60.0, state, log)],
-        **({"data_collator": extra["data_collator"]} if softmax else {}),
+        callbacks=[_time_budget_callback(cfg.max_minutes * 60.0, state, log, cfg.decay_by_time)],
+        **({"data_collator": extra["data_collator"]} if extra else {}),
     )
     state.update(device=device, bf16=use_bf16, layers=layers_to_transform(n_layers, cfg.top_layers))
     state["per_step"] = per_step
+    state["per_item"] = per_item
     return trainer, state
 
 
@@ -505,7 +688,8 @@ def train_lora(
     history = state["history"]
     tail = history[-1:] if history else []
     steps = int(state.get("steps", trainer.state.global_step))
-    seen = int(min(steps * state.get("per_step", cfg.batch_size), state["n"]))  # examples; softmax: episodes
+    # examples = answers: items (rows, or episodes of the softmax loss and of packing) times answers per item
+    seen = int(min(steps * state.get("per_step", cfg.batch_size), state["n"]) * state.get("per_item", 1.0))
     seconds = float(state.get("seconds", 0.0))
     result = TrainResult(
         adapter_dir=str(out),

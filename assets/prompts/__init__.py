@@ -16,7 +16,8 @@ from resources.paths import data_dir
 
 class SftPromptDatasetConfig(dg.Config):
     seed: int = 0  # seed of the episode samples (md5 of seed|basket|category) and of the negative draw
-    n_negatives: int = 3  # non-chosen options per train episode answered "No" (NOTES: 3 trained well)
+    n_negatives: int = 9  # non-chosen options per train episode answered "No": 9 = the whole choice set of
+    # 10, which the softmax loss of lora_adapter compares (3 served the pointwise loss; NOTES)
     max_train_episodes: int = (
         4_000  # use_for_fit train episodes sampled (quick: training uses ~1k; full 20k); 0 = all
     )

@@ -159,6 +159,7 @@ def option_context(row: dict[str, Any]) -> T.OptionContext:
         cust_brand_purchases=_i(row.get("cust_brand_purchases")),
         cust_product_purchases=_i(row.get("cust_product_purchases")),
         pop_28d=_i(row.get("pop_28d")),
+        is_new=bool(row["is_new"]) if row.get("is_new") is not None else None,
     )
 
 
@@ -196,7 +197,7 @@ def build_prompt_rows(
                 period=period,
                 customer=customer_context(crow, cuts, brands.get(e["episode_id"])),
                 episode=T.EpisodeContext(e["episode_id"], e["category"], e["day"]),
-                options=opts,
+                options=T.with_set_ranks(opts),
                 chosen_product_id=str(e["chosen_product_id"]),
                 quantity=_i(e["quantity"]) or 1,
             )

@@ -123,6 +123,11 @@ class OptionContext:
     cust_brand_purchases: int | None = None
     cust_product_purchases: int | None = None
     pop_28d: int | None = None
+    is_new: bool | None = None  # no sale of the product before the episode's day
+    # ranks within the episode's choice set (1 = most; ties share a rank), None where the count is 0 or
+    # unknown: numbers such as "37x" and "4x" are hard to compare for a small model, "#1" is not
+    pop_rank: int | None = None  # by sales in the last 28 days
+    own_rank: int | None = None  # by the customer's own past purchases
 
 
 @dataclass
@@ -319,7 +324,8 @@ def price_text(
 ) -> str:
     """Price and list price, then the commercial submodule signals: discount depth ("17% off $3"), price
     against the customer's reference price with its loss-aversion-weighted change for rises, brand bought
-    before, own past purchases, sales in the last 28 days.
+    before, own past purchases and sales in the last 28 days (each with its rank in the choice set when
+    known: "(#1)"), and "new item" for a product never sold before.
 
     Neutral statements are left out (at the usual price, never bought, none sold): option_features always
     has these signals, so their absence reads unambiguously. compact is kept for callers; both forms render
@@ -351,10 +357,29 @@ def price_text(
     if brand_n is not None and brand_n > 0 and clean_text(option.brand):
         signals.append(f"brand bought {int(brand_n)}x")
     if bought:
-        signals.append(f"you bought it {int(own)}x")
+        signals.append(f"you bought it {int(own)}x" + (f" (#{option.own_rank})" if option.own_rank else ""))
     if option.pop_28d is not None and option.pop_28d > 0:
-        signals.append(f"{int(option.pop_28d)} sold/28d")
+        signals.append(
+            f"{int(option.pop_28d)} sold/28d" + (f" (#{option.pop_rank})" if option.pop_rank else "")
+        )
+    if option.is_new:
+        signals.append("new item")
     return "; ".join(signals)
+
+
+def competition_ranks(values: list[float | None]) -> list[int | None]:
+    """1 + the number of strictly larger values, for the positive values; None for 0, negative or missing."""
+    pos = [v for v in values if v is not None and v > 0]
+    return [1 + sum(w > v for w in pos) if v is not None and v > 0 else None for v in values]
+
+
+def with_set_ranks(options: list[OptionContext]) -> list[OptionContext]:
+    """The options with pop_rank and own_rank filled in over this choice set (sales, own purchases)."""
+    from dataclasses import replace
+
+    pop = competition_ranks([o.pop_28d for o in options])
+    own = competition_ranks([o.cust_product_purchases for o in options])
+    return [replace(o, pop_rank=p, own_rank=r) for o, p, r in zip(options, pop, own, strict=True)]
 
 
 def option_line(

@@ -15,7 +15,8 @@ select
     f.ref_price_gap,
     f.cust_brand_purchases,
     f.cust_product_purchases,
-    f.pop_28d
+    f.pop_28d,
+    f.is_new
 from prompt_episodes as p
 join episode_options as o on o.episode_id = p.episode_id
 left join products as pr on pr.product_id = o.product_id
