@@ -1,8 +1,8 @@
 """Run profiles of main_job: the asset configs' defaults are the quick profile; `full` overrides them.
 
 quick (default): the whole pipeline with post-training and simulation in at most 25 minutes on a 2-core CPU:
-  4,000 train episodes of prompts, 6 minutes of LoRA training, N = 80 episodes per split for the aligned
-  agent (val feeds the calibrated hybrid), 24 test_all episodes for each variant row.
+  4,000 train episodes of prompts, 8 minutes of LoRA training, N = 80 episodes per split for the aligned
+  agent (val feeds the calibrated hybrid), 16 test_all episodes for each variant row.
 full: EVALUATION.md's N = 2,000 episodes per split, 20,000 train episodes, 60 minutes of training, and the
   variant rows on 200 episodes of every test split. Hours on a CPU; minutes on a GPU with the vllm backend.
 """
