@@ -52,7 +52,8 @@ def lora_adapter(
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """A LoRA adapter of the retail agent trained on the latest prompt dataset (loss on the answer only, top
+    """A LoRA adapter of the retail agent trained on the latest prompt dataset (by default the softmax over
+    each training episode's options of their Yes-minus-No utilities, one packed sequence per episode; top
     layers, time budget), saved under data/adapters/<run_id>/, logged and registered in the MLflow model
     registry, and indexed in the DuckDB table lora_adapters."""
     from resources.models import resolve_model

@@ -1,8 +1,11 @@
 """LoRA post-training of the retail agent: trl's SFTTrainer + peft on prompt/completion pairs. No dagster import.
 
-Recipe (NOTES.md, "Post-training the 135M model on CPU"): the pointwise yes/no form, LoRA on all projections of
-the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer token only, a wall-clock
-budget. `train_lora` reads like trl's `scripts/sft.py`: load data -> build trainer -> train -> save.
+Recipe (NOTES.md, "Post-training the 135M model on CPU"): the yes/no utility form, LoRA on all projections of
+the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer positions only, a
+wall-clock budget. Losses: pointwise (cross-entropy of each answer) or softmax (the episode's choice over its
+options); packing puts an episode's prefix once before all its options (block attention mask), which the
+asset uses by default with the softmax loss (docs/measurements.md). `train_lora` reads like trl's
+`scripts/sft.py`: load data -> build trainer -> train -> save.
 
 Heavy libraries (torch, transformers, peft, trl, mlflow, matplotlib) are imported inside the functions.
 """
