@@ -49,8 +49,8 @@ def sft_prompt_dataset(
 ) -> dg.MaterializeResult:
     """Prompt/completion pairs of the retail agent from train episodes (utility form: the chosen option ->
     Yes, n_negatives others -> No, by default all nine; listwise form: the label, and the quantity), and
-    val/test prompts of every
-    option: parquet files under data/prompts/<run_id>/, indexed by the DuckDB table sft_prompt_files."""
+    val/test prompts of every option: parquet files under data/prompts/<run_id>/, indexed by the DuckDB
+    table sft_prompt_files."""
     start = time.perf_counter()
     out_dir = data_dir() / "prompts" / context.run.run_id
     settings = logic.DatasetSettings(**config.model_dump())
