@@ -351,28 +351,11 @@ def test_sample_mode_seeded_and_leaves_global_rng_alone(engine):
     prompts = [SYSTEM + OPTIONS[0], OTHER + OPTIONS[2]]
     torch.manual_seed(99)
     expected_next = torch.rand(1)
+    kw = dict(k=3, temperature=1.0, allowed=["A"], seed=5, max_new_tokens=2, max_retries=0, constrained=False)
     torch.manual_seed(99)
-    a = engine.sample(
-        prompts,
-        k=3,
-        temperature=1.0,
-        allowed=["A"],
-        seed=5,
-        max_new_tokens=2,
-        max_retries=0,
-        constrained=False,
-    )
+    a = engine.sample(prompts, **kw)
     assert torch.equal(torch.rand(1), expected_next)  # the caller's random stream is untouched
-    b = engine.sample(
-        prompts,
-        k=3,
-        temperature=1.0,
-        allowed=["A"],
-        seed=5,
-        max_new_tokens=2,
-        max_retries=0,
-        constrained=False,
-    )
+    b = engine.sample(prompts, **kw)
     assert [r.raw for r in a] == [r.raw for r in b]
 
 

@@ -377,11 +377,20 @@ def episode_softmax_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int)
     w = base.get_output_embeddings().weight[[yes_id, no_id]]
     logits = (h @ w.T).float()
     u = logits[:, 0] - logits[:, 1]
-    sizes = inputs["group_sizes"].tolist()
-    losses = []
-    for g, part in enumerate(torch.split(u, sizes)):
-        losses.append(-torch.log_softmax(part, dim=0)[int(inputs["chosen"][g])])
-    return torch.stack(losses).mean()
+    return choice_nll(u, inputs["group_sizes"].tolist(), [int(c) for c in inputs["chosen"]])
+
+
+def choice_nll(u, sizes: list[int], chosen: list[int | None]):
+    """Mean over groups (consecutive runs of `sizes` rows of u) of -log softmax(u_group)[chosen]; groups whose
+    chosen index is None are skipped (0 with the graph kept when every group is)."""
+    import torch
+
+    losses = [
+        -torch.log_softmax(part, dim=0)[c]
+        for part, c in zip(torch.split(u, sizes), chosen, strict=True)
+        if c is not None
+    ]
+    return torch.stack(losses).mean() if losses else u.sum() * 0.0
 
 
 def split_prompt(prompt: str) -> tuple[str, str]:
@@ -500,15 +509,12 @@ def packed_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int, softmax:
     w = base.get_output_embeddings().weight[[yes_id, no_id]]
     logits = (h @ w.T).float()
     u = logits[:, 0] - logits[:, 1]
-    losses = []
-    for part, flags in zip(
-        torch.split(u, inputs["group_sizes"].tolist()),
-        torch.split(yes, inputs["group_sizes"].tolist()),
-        strict=True,
-    ):
-        if int(flags.sum()) == 1 and part.numel() >= 2:
-            losses.append(-torch.log_softmax(part, dim=0)[int(flags.argmax())])
-    return torch.stack(losses).mean() if losses else u.sum() * 0.0
+    sizes = inputs["group_sizes"].tolist()
+    chosen = [
+        int(flags.argmax()) if int(flags.sum()) == 1 and flags.numel() >= 2 else None
+        for flags in torch.split(yes, sizes)
+    ]
+    return choice_nll(u, sizes, chosen)
 
 
 def _packed_trainer(base_cls, device: str, bf16: bool, yes_id: int, no_id: int, softmax: bool):
