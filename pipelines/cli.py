@@ -95,17 +95,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.profiles import profile_run_config
 
     op_names = {node.name for node in job.graph.node_dict.values()}
+    asset_keys = None
+    if args.select:
+        asset_keys, op_names = select_assets(job, args.select)
     run_config = profile_run_config(args.profile, op_names)
-    if ingest_op_name(job):
+    if ingest_op_name(job) in op_names:
         run_config["ops"][ingest_op_name(job)] = {"config": ingest_config}
     for override in args.config or []:
         _apply_override(run_config, override)
     console.print(f"[bold]malles run[/bold]: job {args.job}, profile {args.profile}, source {args.source}")
+    if asset_keys is not None:
+        console.print(f"  assets     {', '.join(sorted(op_names))}")
     console.print(f"  warehouse  {os.environ.get('MALLES_DUCKDB_PATH', data / 'malles.duckdb')}")
     timer = StageTimer(console)
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=asset_keys
+        )
         timer.report(instance, result.run_id)
     wall = time.perf_counter() - t0
     if not result.success:
@@ -115,6 +122,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print_results(console, result, data, wall)
     return 0
+
+
+def select_assets(job, select: str) -> tuple[list, set[str]]:
+    """The asset keys and op names of a Dagster selection string (e.g. 'retail_decisions+',
+    '+lora_adapter') within a job: a bad string or an unknown asset is a UsageError."""
+    import dagster as dg
+
+    graph = job.asset_layer.asset_graph
+    try:
+        keys = dg.AssetSelection.from_string(select).resolve(graph)
+    except Exception as e:  # DagsterInvalidAssetSelectionError, DagsterInvalidSubsetError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"--select {select!r}: {first[:160]} (write asset names of job {job.name}, "
+            "e.g. '+lora_adapter' or 'retail_decisions+')"
+        ) from None
+    if not keys:
+        raise UsageError(f"--select {select!r} selects no asset of job {job.name}")
+    return sorted(keys), {graph.get(k).assets_def.node_def.name for k in keys}
 
 
 def _apply_override(run_config: dict, override: str) -> None:
@@ -232,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="quick",
         choices=["quick", "full"],
-        help="quick (default: <= 25 min on 2 cores, N=100 per split) or full (N=2,000 per split; hours on CPU)",
+        help="quick (default: <= 25 min on 2 cores, N=80 per split) or full (N=2,000 per split; hours on CPU)",
+    )
+    r.add_argument(
+        "--select",
+        metavar="SELECTION",
+        help="materialize only these assets of the job (Dagster selection syntax: 'retail_decisions+' "
+        "re-runs the agents and the report, '+lora_adapter' the prompts and training)",
     )
     r.add_argument("--config", action="append", metavar="OP.FIELD=VALUE", help="override one config field")
     r.set_defaults(func=cmd_run)

@@ -56,6 +56,25 @@ def test_bad_config_override_is_one_line_error(data_dir, capsys):
     assert code == 2 and "OP.FIELD=VALUE" in err
 
 
+def test_select_resolves_assets_and_their_ops(data_dir):
+    from pipelines.cli import select_assets
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("main_job")
+    keys, ops = select_assets(job, "+lora_adapter")
+    assert ops == {"sft_prompt_dataset", "lora_adapter"}
+    assert {k.to_user_string() for k in keys} == ops
+    _, ops = select_assets(job, "retail_decisions+")
+    assert ops == {"retail_decisions", "eval_report"}
+
+
+@pytest.mark.parametrize("select", ["no_such_asset", "((", "synthetic_market"])
+def test_bad_select_is_one_line_error(data_dir, capsys, select):
+    code = main(["run", "--select", select])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--select" in err and "\n" not in err
+
+
 def _write_canonical_csv(path: Path, rows: list[str]) -> None:
     header = "txn_id,basket_id,ts,customer_id,product_id,quantity,unit_price,list_price,channel"
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@ warehouse and the tiny random model of tests/llm_fixtures.py."""
 
 import math
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -244,6 +245,68 @@ def test_report_without_decisions_or_baselines(tmp_path):
     conn.close()
 
 
+class CountingEngine:
+    """The engine with every method call counted; `fail_after` calls raise (a process that stops)."""
+
+    def __init__(self, engine, fail_after: int | None = None):
+        self._engine, self.calls, self.fail_after = engine, 0, fail_after
+
+    def __getattr__(self, name):
+        attr = getattr(self._engine, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a, **kw):
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise RuntimeError("stopped")
+            self.calls += 1
+            return attr(*a, **kw)
+
+        return call
+
+
+@pytest.mark.parametrize("mode", ["score", "sample"])
+def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, engine, mode):
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    form = "utility" if mode == "score" else "listwise"
+    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
+    plain = CountingEngine(engine)
+    ref = S.run_decisions(conn, plain, settings, "m", "r", log=lambda _: None)
+    per_run = plain.calls
+    assert per_run % 2 == 0 and ref.checkpoint is None  # two chunks of 2 episodes, the same calls each
+
+    ckpt = tmp_path / "ckpt" / "m-key"
+    stopping = CountingEngine(engine, fail_after=per_run // 2 + 1)  # stops inside the second chunk
+    with pytest.raises(RuntimeError, match="stopped"):
+        S.run_decisions(conn, stopping, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    resumed_engine = CountingEngine(engine)
+    run = S.run_decisions(conn, resumed_engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    assert run.info["n_resumed"] == 2 and resumed_engine.calls == per_run // 2  # only chunk 2 decided again
+    assert run.decisions.drop("run_id").equals(ref.decisions.drop("run_id"))
+    assert run.samples.sort(pl.all()).equals(ref.samples.sort(pl.all()))
+    assert {k: v for k, v in run.info.items() if k.startswith(("samples", "failures"))} == {
+        k: v for k, v in ref.info.items() if k.startswith(("samples", "failures"))
+    }
+    # everything saved: a third run decides nothing; a damaged chunk is decided again, never trusted
+    again = CountingEngine(engine)
+    S.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    assert again.calls == 0
+    (folder,) = ckpt.parent.iterdir()
+    (folder / "chunk_000000.parquet").write_bytes(b"not parquet")
+    S.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    assert again.calls == per_run // 2
+    # another sample (other episodes) never reuses the chunks of this one
+    other = CountingEngine(engine)
+    small = S.DecisionSettings(**{**settings.__dict__, "n_per_split": 1})
+    S.run_decisions(conn, other, small, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    assert other.calls > 0 and len(list(ckpt.parent.iterdir())) == 2
+    run.checkpoint.clear()
+    assert not folder.exists()
+    conn.close()
+
+
 def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
     from assets.simulation import (
         EvalReportConfig,
@@ -285,6 +348,9 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
     assert meta["llm_zero_shot_listwise.n_episodes"].value == 2
     assert meta["backend"].value == "hf" and meta["llm_zero_shot_utility.tokens_per_sec"].value > 0
     assert meta["mlflow_run_id"].value
+    assert meta["llm_zero_shot_utility.n_resumed"].value == 0
+    ckpts = duckdb_resource.database.rsplit("/", 1)[0] + "/simulation/checkpoints"
+    assert not any(Path(ckpts).glob("*/*.json"))  # written to DuckDB: the checkpoints are gone
     rmeta = result.asset_materializations_for_node("eval_report")[0].metadata
     # main: 2 methods x 4 splits (val too); variants: 3 methods (2 LLM + the baseline) on test_all
     assert rmeta["dagster/row_count"].value == 2 * 4 + 3

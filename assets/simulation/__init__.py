@@ -4,12 +4,15 @@ measured beside the baselines on the same sample episodes (eval_report).
 Thin Dagster wiring; the work is in logic.py, SQL in sql/simulation/.
 """
 
+import dataclasses
+
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
 from assets.simulation import logic
+from assets.simulation.checkpoint import checkpoint_key
 from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
@@ -48,6 +51,9 @@ class RetailDecisionsConfig(dg.Config):
     variant_splits: list[str] = ["test_all"]  # splits the variants decide (full profile: all test splits)
     seed: int = 0  # the protocol's seed of the md5 sample
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
+    # save each decided chunk under data/simulation/checkpoints/ and, when materialized again after a stop,
+    # go on from the chunks already decided (same method, settings, model, adapter and episodes)
+    resume: bool = True
 
 
 @dg.asset(
@@ -89,6 +95,18 @@ def retail_decisions(
                 f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
                 f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
             )
+            ckpt = None
+            if config.resume:
+                key = checkpoint_key(
+                    {
+                        "method": method,
+                        "settings": dataclasses.asdict(spec.settings),
+                        "splits": spec.splits,
+                        "adapter": path,
+                        **{k: getattr(llm, k) for k in ("backend", "model", "dtype")},
+                    }
+                )
+                ckpt = data_dir() / "simulation" / "checkpoints" / f"{method}-{key}"
             run = logic.run_decisions(
                 conn,
                 engines[path],
@@ -97,8 +115,11 @@ def retail_decisions(
                 context.run.run_id,
                 context.log.info,
                 splits=spec.splits,
+                checkpoint_dir=ckpt,
             )
             logic.write_decisions(conn, run, method)
+            if run.checkpoint is not None:
+                run.checkpoint.clear()
             meta["methods"].append(method)
             meta |= {f"{method}.{k}": v for k, v in run.info.items()}
         rows = conn.execute("select count(*) from retail_decisions").fetchall()[0][0]

@@ -437,11 +437,44 @@ class DecisionRun:
     members: pl.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
     samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SAMPLES_SCHEMA))
+    checkpoint: Any = None  # the checkpoint.ChunkStore of a resumable run (cleared once the rows are written)
 
 
 def _stats(engine) -> tuple[float, float]:
     s = getattr(engine, "stats", None)
     return (float(getattr(s, "tokens", 0) or 0), float(getattr(s, "seconds", 0) or 0)) if s else (0.0, 0.0)
+
+
+def decide_chunk(engine, part: list[P.PromptEpisode], settings: DecisionSettings, start: int):
+    """Decide one chunk of episodes (the form and mode of `settings`; `start` seeds sample mode) and the
+    quantity of each top option: a checkpoint.Chunk."""
+    from assets.simulation.checkpoint import Chunk
+
+    style, signals = settings.include_style, settings.include_signals
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, float] = {}
+    if settings.form == "utility":
+        us = decide_utility(engine, part, style, signals)
+    elif settings.mode == "sample":
+        us, rows, st = decide_listwise_sample(engine, part, settings, settings.seed + start)
+        counts = {key: float(v) for key, v in st.items()}
+    elif settings.reading:
+        from assets.simulation.reading import decide_listwise_reading
+
+        us, st = decide_listwise_reading(engine, part, style, signals, budget_tokens=settings.budget_tokens)
+        counts = {
+            f"reading_{key}": float(v)
+            for key, v in st.items()
+            if isinstance(v, int | float) and not key.startswith("mean")
+        }
+    else:
+        us = decide_listwise(engine, part, style, signals)
+    if settings.quantity:
+        tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
+        qtys = quantity_distributions(engine, part, tops, style, signals)
+    else:
+        qtys = [None] * len(part)
+    return Chunk([ep.episode.episode_id for ep in part], list(us), list(qtys), rows, counts)
 
 
 def run_decisions(
@@ -453,10 +486,13 @@ def run_decisions(
     log: Callable[[str], None] = print,
     progress: bool = True,
     splits: list[str] | None = None,
+    checkpoint_dir: Path | str | None = None,
 ) -> DecisionRun:
     """Load the sample (only the named `splits` when given), decide every episode in chunks (tqdm bar and a
     log line per chunk), and return the decision rows, the membership rows and throughput figures. Nothing
-    is written here."""
+    is written to DuckDB here. With `checkpoint_dir`, each chunk is saved as it is decided (in that folder,
+    suffixed by the hash of the episode ids) and chunks already saved there are read instead of decided
+    again (assets/simulation/checkpoint.py)."""
     from tqdm.auto import tqdm
 
     if settings.form not in FORMS:
@@ -466,49 +502,48 @@ def run_decisions(
     eps, members = load_sample(conn, periods, settings.seed, settings.n_per_split, splits)
     t_load = time.perf_counter() - t_load
     log(f"retail_decisions: {len(eps)} episodes of {periods} ({t_load:.1f} s to load), method {method}")
-    style, signals = settings.include_style, settings.include_signals
     if settings.mode not in ("score", "sample"):
         raise ValueError(f"mode {settings.mode!r}: use 'score' or 'sample'")
     if settings.mode == "sample" and settings.form != "listwise":
         raise ValueError("sample mode draws listwise answers: set form='listwise' for mode='sample'")
+    store = None
+    if checkpoint_dir is not None:
+        from assets.simulation.checkpoint import ChunkStore, episodes_key
+
+        store = ChunkStore(
+            Path(checkpoint_dir).with_name(
+                f"{Path(checkpoint_dir).name}-{episodes_key([ep.episode.episode_id for ep in eps])}"
+            )
+        )
     tok0, sec0 = _stats(engine)
     t0 = time.perf_counter()
     utilities: list[np.ndarray] = []
     qtys: list[tuple[float, float] | None] = []
     sample_rows: list[dict[str, Any]] = []
     counts: dict[str, float] = {}
+    n_resumed = 0
     chunk = max(1, int(settings.chunk_episodes))
     with tqdm(total=len(eps), desc=method, unit="ep", disable=not progress, mininterval=1.0) as bar:
         for start in range(0, len(eps), chunk):
             part = eps[start : start + chunk]
-            if settings.form == "utility":
-                us = decide_utility(engine, part, style, signals)
-            elif settings.mode == "sample":
-                us, rows, st = decide_listwise_sample(engine, part, settings, settings.seed + start)
-                sample_rows += rows
-                for key, v in st.items():
-                    counts[key] = counts.get(key, 0) + v
-            elif settings.reading:
-                from assets.simulation.reading import decide_listwise_reading
-
-                us, st = decide_listwise_reading(
-                    engine, part, style, signals, budget_tokens=settings.budget_tokens
-                )
-                for key, v in st.items():
-                    if isinstance(v, int | float) and not key.startswith("mean"):
-                        counts[f"reading_{key}"] = counts.get(f"reading_{key}", 0) + v
+            ids = [ep.episode.episode_id for ep in part]
+            saved = store.load(start, ids) if store is not None else None
+            if saved is None:
+                saved = decide_chunk(engine, part, settings, start)
+                if store is not None:
+                    store.save(start, saved)
             else:
-                us = decide_listwise(engine, part, style, signals)
-            utilities += us
-            if settings.quantity:
-                tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
-                qtys += quantity_distributions(engine, part, tops, style, signals)
-            else:
-                qtys += [None] * len(part)
+                n_resumed += len(part)
+            utilities += saved.utilities
+            qtys += saved.qtys
+            sample_rows += saved.sample_rows
+            for key, v in saved.counts.items():
+                counts[key] = counts.get(key, 0) + v
             bar.update(len(part))
             done = start + len(part)
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            log(f"retail_decisions: {done}/{len(eps)} episodes, {rate:.2f} decisions/s")
+            rate = (done - n_resumed) / max(time.perf_counter() - t0, 1e-9)
+            resumed = f" ({n_resumed} from the checkpoint)" if n_resumed else ""
+            log(f"retail_decisions: {done}/{len(eps)} episodes{resumed}, {rate:.2f} decisions/s")
     seconds = time.perf_counter() - t0
     tok1, sec1 = _stats(engine)
     decisions = decision_rows(run_id, method, eps, utilities, qtys)
@@ -523,7 +558,9 @@ def run_decisions(
         "n_prompts": n_prompts,
         "seconds_decide": round(seconds, 3),
         "seconds_load": round(t_load, 3),
-        "decisions_per_sec": round(len(eps) / seconds, 4) if seconds > 0 else 0.0,
+        # the episodes decided in this materialization (a resumed run counts only what it decided)
+        "decisions_per_sec": round((len(eps) - n_resumed) / seconds, 4) if seconds > 0 else 0.0,
+        "n_resumed": n_resumed,
         "tokens_per_sec": round((tok1 - tok0) / (sec1 - sec0), 1) if sec1 > sec0 else 0.0,
         "tokens": int(tok1 - tok0),
         "mode": settings.mode,
@@ -543,6 +580,7 @@ def run_decisions(
         members=members.cast(MEMBERS_SCHEMA),
         info=info,
         samples=samples.cast(SAMPLES_SCHEMA),
+        checkpoint=store,
     )
 
 
