@@ -126,7 +126,7 @@ def test_sample_matches_the_protocol(tmp_path):
     build_warehouse(path)
     conn = duckdb.connect(path)
     eps, members = S.load_sample(conn, ["test"], seed=0, n_per_split=0)
-    assert [e.episode.episode_id for e in eps] == sorted(TEST_CHOSEN)
+    assert sorted(e.episode.episode_id for e in eps) == sorted(TEST_CHOSEN)
     got = {(r["episode_id"], r["split"]) for r in members.iter_rows(named=True)}
     assert ("b7|SNACKS", "test_sparse") in got and ("b5|SNACKS", "test_sparse") in got
     assert ("b6|SNACKS", "test_new") in got and ("b8|SNACKS", "test_new") not in got
@@ -137,6 +137,14 @@ def test_sample_matches_the_protocol(tmp_path):
     keys = sorted((hashlib.md5(f"0|{e.split('|')[0]}|SNACKS".encode()).hexdigest(), e) for e in TEST_CHOSEN)
     _, m2 = S.load_sample(conn, ["test"], seed=0, n_per_split=2)
     assert set(m2.filter(split="test_all")["episode_id"].to_list()) == {e for _, e in keys[:2]}
+    # episodes come in md5 order (every split advancing together): any prefix is a smaller sample
+    rank = {}
+    for split in ("test_all", "test_sparse", "test_new", "test_cold"):
+        ids = set(members.filter(split=split)["episode_id"].to_list())
+        for r, (_, e) in enumerate(k for k in keys if k[1] in ids):
+            rank[e] = min(rank.get(e, r), r)
+    assert [e.episode.episode_id for e in eps] == sorted(rank, key=lambda e: (rank[e], e))
+    assert [e.episode.episode_id for e in eps] != sorted(TEST_CHOSEN)  # not the id order of before
     conn.close()
 
 

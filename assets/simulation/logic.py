@@ -251,8 +251,12 @@ def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) ->
 def load_sample(
     conn, periods: list[str], seed: int, n_per_split: int, splits: list[str] | None = None
 ) -> tuple[list[P.PromptEpisode], pl.DataFrame]:
-    """The sample's episodes as prompt contexts (episode_id order) and their split membership (episode_id,
-    split), restricted to `splits` when given. Episodes without options are dropped from both."""
+    """The sample's episodes as prompt contexts and their split membership (episode_id, split), restricted
+    to `splits` when given. Episodes without options are dropped from both.
+
+    Order: by the episode's best rank in the md5 sample of any of its splits (ties: episode_id), so that
+    the splits advance together and the first n decided episodes of a run that stops (see checkpoint.py)
+    are the protocol's sample at a smaller N for every split."""
     cands = conn.sql(
         load_sql("simulation/select_sample_candidates"), params={"seed": int(seed), "periods": periods}
     ).pl()
@@ -264,7 +268,14 @@ def load_sample(
     for period in periods:
         rows = P.build_prompt_rows(conn, period, seed, n_per_split, fit_only=False)
         episodes += [e for e in rows if e.episode.episode_id in wanted]
-    episodes.sort(key=lambda e: e.episode.episode_id)
+    rank = dict(
+        members.join(cands.select("episode_id", "sample_key"), on="episode_id")
+        .with_columns(r=pl.col("sample_key").rank("ordinal").over("split"))
+        .group_by("episode_id")
+        .agg(pl.col("r").min())
+        .iter_rows()
+    )
+    episodes.sort(key=lambda e: (rank.get(e.episode.episode_id, 0), e.episode.episode_id))
     have = {e.episode.episode_id for e in episodes}
     members = members.filter(pl.col("episode_id").is_in(list(have)))
     return episodes, members
