@@ -315,7 +315,10 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, engine, mode):
     conn.close()
 
 
-def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
+def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkeypatch):
+    import subprocess
+    import sys
+
     from assets.simulation import (
         EvalReportConfig,
         RetailDecisionsConfig,
@@ -329,6 +332,15 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
         _q(conn, "create table lora_adapters (adapter_path varchar, base_model varchar, "
                      "dagster_run_id varchar, mlflow_run_id varchar, created_at timestamp)")  # fmt: skip
         _q(conn, "insert into lora_adapters values ('/nowhere', 'x', 'r0', 'm0', $t)", {"t": datetime.now()})
+    # while the agents decide, another process can open the warehouse (the asset does not hold it)
+    opened, decide_chunk = [], S.decide_chunk
+
+    def deciding(*a, **kw):
+        probe = f"import duckdb; duckdb.connect({duckdb_resource.database!r}).close()"
+        opened.append(subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode)
+        return decide_chunk(*a, **kw)
+
+    monkeypatch.setattr(S, "decide_chunk", deciding)
     result = dg.materialize(
         [retail_decisions, eval_report],
         resources={
@@ -346,6 +358,7 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource):
         ),
     )
     assert result.success
+    assert opened and set(opened) == {0}
     meta = result.asset_materializations_for_node("retail_decisions")[0].metadata
     # the adapter row points at nothing: the primary runs zero-shot, and the variant after it
     assert meta["methods"].value == ["llm_zero_shot_utility", "llm_zero_shot_listwise"]

@@ -77,51 +77,58 @@ def retail_decisions(
     runs = logic.plan_decision_runs(config.model_dump())
     meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model}
     engines: dict[str, object] = {}
+    # the warehouse is opened only to read each sample and to write each method's rows: the hours of
+    # deciding in between leave it free for other runs and the UI
     with duckdb.get_connection() as conn:
         adapter, reason = logic.choose_adapter(logic.latest_adapter(conn), llm.model, True)
-        meta["adapter"], meta["adapter_reason"] = adapter or "none", reason
-        for spec in runs:
-            path = adapter if spec.aligned else ""
-            if spec.aligned and not adapter:
-                context.log.warning(f"retail_decisions: no adapter ({reason}): {spec.method} runs zero-shot")
-            method = logic.method_name(spec.settings.form, bool(path), *spec.ablation)
-            if method in meta["methods"]:
-                context.log.info(f"retail_decisions: {method} already decided in this run; skipped")
-                continue
-            if path not in engines:
-                fields = {k: getattr(llm, k) for k in LLM_FIELDS}
-                engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
-            context.log.info(
-                f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
-                f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
+    meta["adapter"], meta["adapter_reason"] = adapter or "none", reason
+    for spec in runs:
+        path = adapter if spec.aligned else ""
+        if spec.aligned and not adapter:
+            context.log.warning(f"retail_decisions: no adapter ({reason}): {spec.method} runs zero-shot")
+        method = logic.method_name(spec.settings.form, bool(path), *spec.ablation)
+        if method in meta["methods"]:
+            context.log.info(f"retail_decisions: {method} already decided in this run; skipped")
+            continue
+        if path not in engines:
+            fields = {k: getattr(llm, k) for k in LLM_FIELDS}
+            engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
+        context.log.info(
+            f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
+            f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
+        )
+        ckpt = None
+        if config.resume:
+            key = checkpoint_key(
+                {
+                    "method": method,
+                    "settings": dataclasses.asdict(spec.settings),
+                    "splits": spec.splits,
+                    "adapter": path,
+                    **{k: getattr(llm, k) for k in ("backend", "model", "dtype")},
+                }
             )
-            ckpt = None
-            if config.resume:
-                key = checkpoint_key(
-                    {
-                        "method": method,
-                        "settings": dataclasses.asdict(spec.settings),
-                        "splits": spec.splits,
-                        "adapter": path,
-                        **{k: getattr(llm, k) for k in ("backend", "model", "dtype")},
-                    }
-                )
-                ckpt = data_dir() / "simulation" / "checkpoints" / f"{method}-{key}"
-            run = logic.run_decisions(
-                conn,
-                engines[path],
-                spec.settings,
-                method,
-                context.run.run_id,
-                context.log.info,
-                splits=spec.splits,
-                checkpoint_dir=ckpt,
-            )
+            ckpt = data_dir() / "simulation" / "checkpoints" / f"{method}-{key}"
+        with duckdb.get_connection() as conn:
+            sample = logic.load_run_sample(conn, spec.settings, spec.splits)
+        run = logic.run_decisions(
+            None,
+            engines[path],
+            spec.settings,
+            method,
+            context.run.run_id,
+            context.log.info,
+            splits=spec.splits,
+            checkpoint_dir=ckpt,
+            sample=sample,
+        )
+        with duckdb.get_connection() as conn:
             logic.write_decisions(conn, run, method)
-            if run.checkpoint is not None:
-                run.checkpoint.clear()
-            meta["methods"].append(method)
-            meta |= {f"{method}.{k}": v for k, v in run.info.items()}
+        if run.checkpoint is not None:
+            run.checkpoint.clear()
+        meta["methods"].append(method)
+        meta |= {f"{method}.{k}": v for k, v in run.info.items()}
+    with duckdb.get_connection() as conn:
         rows = conn.execute("select count(*) from retail_decisions").fetchall()[0][0]
         meta |= {"dagster/row_count": int(rows)}
         meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump())

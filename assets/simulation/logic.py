@@ -456,6 +456,18 @@ def _stats(engine) -> tuple[float, float]:
     return (float(getattr(s, "tokens", 0) or 0), float(getattr(s, "seconds", 0) or 0)) if s else (0.0, 0.0)
 
 
+def load_run_sample(
+    conn, settings: DecisionSettings, splits: list[str] | None = None
+) -> tuple[list[P.PromptEpisode], pl.DataFrame, float]:
+    """The episodes and split membership a method decides (load_sample over its periods), and the seconds
+    it took: loaded first, so that the warehouse is not held open while the agents decide."""
+    t = time.perf_counter()
+    eps, members = load_sample(
+        conn, parse_periods(settings.period), settings.seed, settings.n_per_split, splits
+    )
+    return eps, members, time.perf_counter() - t
+
+
 def decide_chunk(engine, part: list[P.PromptEpisode], settings: DecisionSettings, start: int):
     """Decide one chunk of episodes (the form and mode of `settings`; `start` seeds sample mode) and the
     quantity of each top option: a checkpoint.Chunk."""
@@ -498,10 +510,11 @@ def run_decisions(
     progress: bool = True,
     splits: list[str] | None = None,
     checkpoint_dir: Path | str | None = None,
+    sample: tuple[list[P.PromptEpisode], pl.DataFrame, float] | None = None,
 ) -> DecisionRun:
-    """Load the sample (only the named `splits` when given), decide every episode in chunks (tqdm bar and a
-    log line per chunk), and return the decision rows, the membership rows and throughput figures. Nothing
-    is written to DuckDB here. With `checkpoint_dir`, each chunk is saved as it is decided (in that folder,
+    """Load the sample (only the named `splits` when given; or take `sample`, load_run_sample's result, and
+    leave `conn` unused), decide every episode in chunks (tqdm bar and a log line per chunk), and return the
+    decision rows, the membership rows and throughput figures. Nothing is written to DuckDB here. With `checkpoint_dir`, each chunk is saved as it is decided (in that folder,
     suffixed by the hash of the episode ids) and chunks already saved there are read instead of decided
     again (assets/simulation/checkpoint.py)."""
     from tqdm.auto import tqdm
@@ -509,9 +522,7 @@ def run_decisions(
     if settings.form not in FORMS:
         raise ValueError(f"form {settings.form!r}: use one of {FORMS}")
     periods = parse_periods(settings.period)
-    t_load = time.perf_counter()
-    eps, members = load_sample(conn, periods, settings.seed, settings.n_per_split, splits)
-    t_load = time.perf_counter() - t_load
+    eps, members, t_load = sample if sample is not None else load_run_sample(conn, settings, splits)
     log(f"retail_decisions: {len(eps)} episodes of {periods} ({t_load:.1f} s to load), method {method}")
     if settings.mode not in ("score", "sample"):
         raise ValueError(f"mode {settings.mode!r}: use 'score' or 'sample'")
