@@ -315,6 +315,40 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, engine, mode):
     conn.close()
 
 
+def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(tmp_path, engine):
+    import time
+
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    conn = duckdb.connect(path)
+    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=1)
+    ckpt = tmp_path / "ckpt" / "m"
+    full = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None)
+    eps, members, _ = S.load_run_sample(conn, settings)
+    with pytest.raises(RuntimeError, match="stopped"):  # 3 chunks (episodes) decided, then the stop
+        S.run_decisions(conn, CountingEngine(engine, 6), settings, "m", "r", log=lambda _: None,
+                        checkpoint_dir=ckpt)  # fmt: skip
+    run = S.run_decisions(
+        conn, engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt, deadline=time.monotonic()
+    )
+    assert run.info["n_decided"] == 3 and run.info["n_planned"] == 4 and not run.info["complete"]
+    # every split keeps its md5 ranks below the 4th episode's best rank: a prefix of its sample
+    fourth = members.filter(episode_id=eps[3].episode.episode_id)["sample_rank"].min()
+    want = members.filter(pl.col("sample_rank") < fourth).select("episode_id", "split")
+    assert want.height >= 1
+    assert run.members.select("episode_id", "split").sort(pl.all()).equals(want.sort(pl.all()))
+    assert set(run.decisions["episode_id"]) == set(want["episode_id"])
+    mine = run.decisions.drop("run_id").sort("episode_id", "product_id")
+    ref = full.decisions.drop("run_id").filter(pl.col("episode_id").is_in(want["episode_id"].to_list()))
+    assert mine.equals(ref.sort("episode_id", "product_id"))
+    # no budget: the run goes on from the checkpoint to the whole sample
+    done = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    assert (
+        done.info["complete"] and done.info["n_resumed"] == 3 and done.members.height == full.members.height
+    )
+    conn.close()
+
+
 def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkeypatch):
     import subprocess
     import sys

@@ -5,6 +5,7 @@ Thin Dagster wiring; the work is in logic.py, SQL in sql/simulation/.
 """
 
 import dataclasses
+import time
 
 import dagster as dg
 import polars as pl
@@ -54,6 +55,9 @@ class RetailDecisionsConfig(dg.Config):
     # save each decided chunk under data/simulation/checkpoints/ and, when materialized again after a stop,
     # go on from the chunks already decided (same method, settings, model, adapter and episodes)
     resume: bool = True
+    # stop deciding after this many minutes (0 = no limit) and write what is complete: every split keeps
+    # the protocol's sample at the largest N decided; materialize again to go on from the checkpoint
+    max_minutes: float = 0.0
 
 
 @dg.asset(
@@ -75,7 +79,8 @@ def retail_decisions(
     each variant (zero-shot, listwise, ablations) on the smaller variant sample. Rows of each method replace
     its earlier rows in retail_decisions / retail_decision_episodes."""
     runs = logic.plan_decision_runs(config.model_dump())
-    meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model}
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes > 0 else None
+    meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model, "complete": True}
     engines: dict[str, object] = {}
     # the warehouse is opened only to read each sample and to write each method's rows: the hours of
     # deciding in between leave it free for other runs and the UI
@@ -121,10 +126,18 @@ def retail_decisions(
             splits=spec.splits,
             checkpoint_dir=ckpt,
             sample=sample,
+            deadline=deadline,
         )
         with duckdb.get_connection() as conn:
             logic.write_decisions(conn, run, method)
-        if run.checkpoint is not None:
+        if not run.info["complete"]:
+            meta["complete"] = False
+            context.log.warning(
+                f"retail_decisions: {method} stopped at max_minutes={config.max_minutes} after "
+                f"{run.info['n_decided']}/{run.info['n_planned']} episodes; {run.info['n_episodes']} written "
+                "(the md5 sample at a smaller N); materialize again to go on from the checkpoint"
+            )
+        elif run.checkpoint is not None:
             run.checkpoint.clear()
         meta["methods"].append(method)
         meta |= {f"{method}.{k}": v for k, v in run.info.items()}

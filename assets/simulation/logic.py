@@ -251,8 +251,9 @@ def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) ->
 def load_sample(
     conn, periods: list[str], seed: int, n_per_split: int, splits: list[str] | None = None
 ) -> tuple[list[P.PromptEpisode], pl.DataFrame]:
-    """The sample's episodes as prompt contexts and their split membership (episode_id, split), restricted
-    to `splits` when given. Episodes without options are dropped from both.
+    """The sample's episodes as prompt contexts and their split membership (episode_id, split, sample_rank:
+    0-based rank in the split's md5 order), restricted to `splits` when given. Episodes without options
+    are dropped from both.
 
     Order: by the episode's best rank in the md5 sample of any of its splits (ties: episode_id), so that
     the splits advance together and the first n decided episodes of a run that stops (see checkpoint.py)
@@ -268,13 +269,12 @@ def load_sample(
     for period in periods:
         rows = P.build_prompt_rows(conn, period, seed, n_per_split, fit_only=False)
         episodes += [e for e in rows if e.episode.episode_id in wanted]
-    rank = dict(
-        members.join(cands.select("episode_id", "sample_key"), on="episode_id")
-        .with_columns(r=pl.col("sample_key").rank("ordinal").over("split"))
-        .group_by("episode_id")
-        .agg(pl.col("r").min())
-        .iter_rows()
+    members = members.join(cands.select("episode_id", "sample_key"), on="episode_id", how="left").select(
+        "episode_id",
+        "split",
+        sample_rank=pl.col("sample_key").rank("ordinal").over("split").cast(pl.Int64) - 1,
     )
+    rank = dict(members.group_by("episode_id").agg(pl.col("sample_rank").min()).iter_rows())
     episodes.sort(key=lambda e: (rank.get(e.episode.episode_id, 0), e.episode.episode_id))
     have = {e.episode.episode_id for e in episodes}
     members = members.filter(pl.col("episode_id").is_in(list(have)))
@@ -511,12 +511,18 @@ def run_decisions(
     splits: list[str] | None = None,
     checkpoint_dir: Path | str | None = None,
     sample: tuple[list[P.PromptEpisode], pl.DataFrame, float] | None = None,
+    deadline: float | None = None,
 ) -> DecisionRun:
     """Load the sample (only the named `splits` when given; or take `sample`, load_run_sample's result, and
     leave `conn` unused), decide every episode in chunks (tqdm bar and a log line per chunk), and return the
     decision rows, the membership rows and throughput figures. Nothing is written to DuckDB here. With `checkpoint_dir`, each chunk is saved as it is decided (in that folder,
     suffixed by the hash of the episode ids) and chunks already saved there are read instead of decided
-    again (assets/simulation/checkpoint.py)."""
+    again (assets/simulation/checkpoint.py).
+
+    `deadline` (a time.monotonic() value): no new chunk is decided after it (saved chunks are still read).
+    A run stopped so keeps the protocol's sample at the largest smaller N it completed: for every split
+    the episodes of md5 rank below the first undecided episode's best rank (all decided, since episodes
+    come in that order); info['complete'] is False and the checkpoint is left for the next run."""
     from tqdm.auto import tqdm
 
     if settings.form not in FORMS:
@@ -550,6 +556,9 @@ def run_decisions(
             part = eps[start : start + chunk]
             ids = [ep.episode.episode_id for ep in part]
             saved = store.load(start, ids) if store is not None else None
+            if saved is None and deadline is not None and time.monotonic() >= deadline:
+                log(f"retail_decisions: time budget spent after {start}/{len(eps)} episodes of {method}")
+                break
             if saved is None:
                 saved = decide_chunk(engine, part, settings, start)
                 if store is not None:
@@ -568,6 +577,14 @@ def run_decisions(
             log(f"retail_decisions: {done}/{len(eps)} episodes{resumed}, {rate:.2f} decisions/s")
     seconds = time.perf_counter() - t0
     tok1, sec1 = _stats(engine)
+    n_planned, n_done = len(eps), len(utilities)
+    if n_done < n_planned:
+        best = dict(members.group_by("episode_id").agg(pl.col("sample_rank").min()).iter_rows())
+        members = members.filter(pl.col("sample_rank") < best[eps[n_done].episode.episode_id])
+        keep = set(members["episode_id"].to_list())
+        kept = [i for i in range(n_done) if eps[i].episode.episode_id in keep]
+        eps, utilities, qtys = [eps[i] for i in kept], [utilities[i] for i in kept], [qtys[i] for i in kept]
+        sample_rows = [r for r in sample_rows if r["episode_id"] in keep]
     decisions = decision_rows(run_id, method, eps, utilities, qtys)
     members = members.select(
         pl.lit(run_id).alias("run_id"), pl.lit(method).alias("method"), "episode_id", "split"
@@ -581,8 +598,11 @@ def run_decisions(
         "seconds_decide": round(seconds, 3),
         "seconds_load": round(t_load, 3),
         # the episodes decided in this materialization (a resumed run counts only what it decided)
-        "decisions_per_sec": round((len(eps) - n_resumed) / seconds, 4) if seconds > 0 else 0.0,
+        "decisions_per_sec": round((n_done - n_resumed) / seconds, 4) if seconds > 0 else 0.0,
         "n_resumed": n_resumed,
+        "n_planned": n_planned,  # the episodes of the full sample; n_episodes those written
+        "n_decided": n_done,
+        "complete": n_done == n_planned,
         "tokens_per_sec": round((tok1 - tok0) / (sec1 - sec0), 1) if sec1 > sec0 else 0.0,
         "tokens": int(tok1 - tok0),
         "mode": settings.mode,
