@@ -59,9 +59,23 @@ def print_results(console, result, data: Path, wall: float) -> None:
     db_path = os.environ.get("MALLES_DUCKDB_PATH", str(data / "malles.duckdb"))
     console.print(f"[green]run {result.run_id} succeeded in {wall:.0f} s[/green]")
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    # The headline table of what this run produced: the LLM report if it ran, else the baselines.
+    # The headline table of what this run produced: the LLM report if it ran, else the baselines' (a run
+    # of other stages prints none).
     table_name = "eval_metrics" if "eval_report" in materialized else "baseline_metrics"
+    for mat in result.get_asset_materialization_events():
+        md = mat.materialization.metadata
+        if (
+            mat.asset_key.to_user_string() == "retail_decisions"
+            and "complete" in md
+            and not md["complete"].value
+        ):
+            console.print(
+                "[yellow]retail_decisions stopped at its max_minutes: the report holds the md5 sample at the "
+                "largest N completed; materialize it again to go on from its checkpoint[/yellow]"
+            )
     try:
+        if not materialized & {"eval_report", "baseline_report"}:
+            raise LookupError("no report in this run")
         import duckdb
 
         with duckdb.connect(db_path, read_only=True) as conn:
@@ -76,7 +90,9 @@ def print_results(console, result, data: Path, wall: float) -> None:
         for row in df.iter_rows():
             table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
         console.print(table)
-    except Exception as e:  # noqa: BLE001 - a job without a report stage has no table
+    except LookupError:
+        pass
+    except Exception as e:  # noqa: BLE001 - a table that cannot be read is named, never a crash
         console.print(f"(no {table_name} table: {type(e).__name__})")
     console.print("Results:")
     console.print(f"  warehouse (DuckDB)  {db_path}")

@@ -140,3 +140,37 @@ def test_synth_command_unknown_field_is_one_line_error(data_dir):
     out = _run(["synth", "--out", str(data_dir / "s"), "--set", "n_planets=3"], data_dir)
     assert out.returncode == 2
     assert "n_planets" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def _fake_result(materializations: dict[str, dict]):
+    from types import SimpleNamespace
+
+    import dagster as dg
+
+    events = [
+        SimpleNamespace(
+            asset_key=dg.AssetKey(name),
+            materialization=SimpleNamespace(
+                metadata={k: SimpleNamespace(value=v) for k, v in md.items()},
+            ),
+        )
+        for name, md in materializations.items()
+    ]
+    return SimpleNamespace(run_id="r1", get_asset_materialization_events=lambda: events)
+
+
+def test_results_of_a_partial_or_reportless_run(data_dir):
+    from rich.console import Console
+
+    from pipelines.progress import print_results
+
+    console = Console(record=True, width=200)
+    print_results(console, _fake_result({"decision_episodes": {}}), data_dir, 1.0)
+    out = console.export_text()
+    assert "succeeded" in out and "no baseline_metrics" not in out and "warehouse (DuckDB)" in out
+    console = Console(record=True, width=200)
+    print_results(console, _fake_result({"retail_decisions": {"complete": False}}), data_dir, 1.0)
+    assert "stopped at its max_minutes" in console.export_text()
+    console = Console(record=True, width=200)
+    print_results(console, _fake_result({"baseline_report": {}}), data_dir, 1.0)  # no warehouse: named
+    assert "(no baseline_metrics table" in console.export_text()
