@@ -39,16 +39,17 @@ def dagster_dev(tmp_path):
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        # dagster dev starts a code server and a webserver: up to minutes on a loaded 2-core machine
+        deadline, ready = time.time() + 300, False
+        while time.time() < deadline and not ready:
             try:
                 r = requests.post(url, json={"query": QUERY}, timeout=5)
-                if r.ok and r.json().get("data", {}).get("assetNodes"):
-                    break
+                ready = bool(r.ok and r.json().get("data", {}).get("assetNodes"))
             except requests.RequestException:
                 pass
             assert proc.poll() is None, "dagster dev exited early"
-            time.sleep(1)
+            time.sleep(0 if ready else 1)
+        assert ready, "dagster dev served no asset nodes within 300 s"
         yield url
     finally:
         os.killpg(proc.pid, 15)
