@@ -74,6 +74,16 @@ TEST_CHOSEN = {"b5|SNACKS": "p2", **{f"{b}|SNACKS": ch for b, _, _, ch, *_ in EX
 TEST_QTY = {"b5|SNACKS": 1, **{f"{b}|SNACKS": q for b, _, _, _, q, *_ in EXTRA_TEST}}
 
 
+@pytest.fixture
+def conn(tmp_path):
+    """A connection to a fresh copy of the test warehouse (build_warehouse)."""
+    path = str(tmp_path / "w.duckdb")
+    build_warehouse(path)
+    c = duckdb.connect(path)
+    yield c
+    c.close()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return tiny_test_model(tmp_path_factory.mktemp("tiny") / "model")
@@ -121,10 +131,7 @@ def test_softmax_and_top_index():
     assert S.softmax(np.array([np.nan, 0.0])) == pytest.approx([0.0, 1.0])
 
 
-def test_sample_matches_the_protocol(tmp_path):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_sample_matches_the_protocol(conn):
     eps, members = S.load_sample(conn, ["test"], seed=0, n_per_split=0)
     assert sorted(e.episode.episode_id for e in eps) == sorted(TEST_CHOSEN)
     got = {(r["episode_id"], r["split"]) for r in members.iter_rows(named=True)}
@@ -148,10 +155,7 @@ def test_sample_matches_the_protocol(tmp_path):
     conn.close()
 
 
-def test_decisions_equal_a_direct_softmax_of_scores(tmp_path, engine):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_decisions_equal_a_direct_softmax_of_scores(conn, engine):
     settings = S.DecisionSettings(n_per_split=0, chunk_episodes=3)
     run = S.run_decisions(conn, engine, settings, "llm_zero_shot_utility", "run-1", log=lambda _: None)
     d = run.decisions
@@ -179,10 +183,7 @@ def test_decisions_equal_a_direct_softmax_of_scores(tmp_path, engine):
     conn.close()
 
 
-def test_listwise_form_is_a_distribution(tmp_path, engine):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_listwise_form_is_a_distribution(conn, engine):
     settings = S.DecisionSettings(n_per_split=0, form="listwise", quantity=False)
     run = S.run_decisions(conn, engine, settings, "llm_zero_shot_listwise", "r", log=lambda _: None)
     d = run.decisions
@@ -205,10 +206,7 @@ def _hand_metrics(frame: pl.DataFrame, score: str, episodes: list[str]) -> tuple
     return float(np.mean(hits)), float(np.mean(nlls))
 
 
-def test_report_matches_hand_computed_metrics(tmp_path, engine):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
     run = S.run_decisions(conn, engine, S.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None)
     S.write_decisions(conn, run, "llm_x")
     S.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
@@ -274,10 +272,7 @@ class CountingEngine:
 
 
 @pytest.mark.parametrize("mode", ["score", "sample"])
-def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, engine, mode):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode):
     form = "utility" if mode == "score" else "listwise"
     settings = S.DecisionSettings(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
     plain = CountingEngine(engine)
@@ -315,12 +310,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, engine, mode):
     conn.close()
 
 
-def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(tmp_path, engine):
+def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(conn, tmp_path, engine):
     import time
 
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
     settings = S.DecisionSettings(n_per_split=0, chunk_episodes=1)
     ckpt = tmp_path / "ckpt" / "m"
     full = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None)
@@ -424,10 +416,7 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkey
     assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)
 
 
-def test_sample_mode_counts_every_answer_and_reports_stability(tmp_path, engine):
-    path = str(tmp_path / "w.duckdb")
-    build_warehouse(path)
-    conn = duckdb.connect(path)
+def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
     settings = S.DecisionSettings(n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False)
     run = S.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
     # every (episode, run) holds exactly k answers, parseable or counted as unparseable (product_id null)
