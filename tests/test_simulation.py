@@ -416,6 +416,31 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkey
     assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)
 
 
+def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
+    tiny_model, duckdb_resource, mlflow_resource
+):
+    from assets.simulation import RetailDecisionsConfig, retail_decisions
+    from resources.llm import LLMResource
+
+    build_warehouse(duckdb_resource.database)
+    result = dg.materialize(
+        [retail_decisions],
+        resources={
+            "duckdb": duckdb_resource,
+            "mlflow": mlflow_resource,
+            "llm": LLMResource(model=str(tiny_model)),
+        },
+        run_config=dg.RunConfig(
+            {"retail_decisions": RetailDecisionsConfig(n_per_split=0, variants=[], max_minutes=1e-9)}
+        ),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("retail_decisions")[0].metadata
+    assert meta["complete"].value is False and meta["llm_zero_shot_utility.complete"].value is False
+    assert meta["llm_zero_shot_utility.n_planned"].value == 5
+    assert meta["llm_zero_shot_utility.n_decided"].value == 0 and meta["dagster/row_count"].value == 0
+
+
 def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
     settings = S.DecisionSettings(n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False)
     run = S.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
