@@ -90,6 +90,7 @@ class ChunkStore:
         """Write the chunk's rows, then its marker (atomically): only then does it count as done."""
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = self._stem(start)
+        stem.with_suffix(".json").unlink(missing_ok=True)  # a chunk decided again: not done until rewritten
         frame = pl.DataFrame(
             {
                 "episode_id": chunk.episode_ids,
