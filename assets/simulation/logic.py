@@ -248,6 +248,11 @@ def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) ->
 # ----------------------------------------------------------------------------- the sample
 
 
+def best_ranks(members: pl.DataFrame) -> dict[str, int]:
+    """episode_id -> its best (smallest) md5 rank over the splits it is in (load_sample's members)."""
+    return dict(members.group_by("episode_id").agg(pl.col("sample_rank").min()).iter_rows())
+
+
 def load_sample(
     conn, periods: list[str], seed: int, n_per_split: int, splits: list[str] | None = None
 ) -> tuple[list[P.PromptEpisode], pl.DataFrame]:
@@ -274,7 +279,7 @@ def load_sample(
         "split",
         sample_rank=pl.col("sample_key").rank("ordinal").over("split").cast(pl.Int64) - 1,
     )
-    rank = dict(members.group_by("episode_id").agg(pl.col("sample_rank").min()).iter_rows())
+    rank = best_ranks(members)
     episodes.sort(key=lambda e: (rank.get(e.episode.episode_id, 0), e.episode.episode_id))
     have = {e.episode.episode_id for e in episodes}
     members = members.filter(pl.col("episode_id").is_in(list(have)))
@@ -579,7 +584,7 @@ def run_decisions(
     tok1, sec1 = _stats(engine)
     n_planned, n_done = len(eps), len(utilities)
     if n_done < n_planned:
-        best = dict(members.group_by("episode_id").agg(pl.col("sample_rank").min()).iter_rows())
+        best = best_ranks(members)
         members = members.filter(pl.col("sample_rank") < best[eps[n_done].episode.episode_id])
         keep = set(members["episode_id"].to_list())
         kept = [i for i in range(n_done) if eps[i].episode.episode_id in keep]
