@@ -1,6 +1,7 @@
 """Benchmark: how fast the retail agent decides, on the same episodes of 10 options in every mode.
 
-Four ways to get one decision per episode from the language model (the `hf` engine, fp32, CPU threads):
+Four ways to get one decision per episode from the language model (the `hf` engine; fp32 on CPU threads by
+default, `--device cuda` and `--dtype bfloat16` for a GPU):
 1. naive: one `model.generate(max_new_tokens=2, greedy)` per episode on the listwise prompt, unbatched.
    It may run on the first `--naive-episodes` of the episodes only (it is slow: ~0.15 decisions/s for the
    135M model on 2 cores); its figures are then per decision on that subset, and the output says so.
@@ -11,7 +12,8 @@ Four ways to get one decision per episode from the language model (the `hf` engi
    episode (its KV cache reused), then only each option's suffix.
 
 Figures per mode: decisions/s (episodes / wall seconds of the whole call, tokenization included), ratio to
-the naive loop, tokens/s, achieved GFLOP/s and its share of the fp32 matmul peak measured in the same run.
+the naive loop, tokens/s, achieved GFLOP/s and its share of the matmul peak (same device and dtype) measured
+in the same run.
 - tokens: the real (non-pad) tokens that went through the model. naive: prompt + 1 (the second generated
   token's step); listwise and utility without reuse: every prompt token; utility with reuse: the tokens
   actually computed (each prefix once + every suffix), and, beside it, "prompt-equivalent" tokens/s (the
@@ -21,8 +23,8 @@ the naive loop, tokens/s, achieved GFLOP/s and its share of the fp32 matmul peak
   head to the sequence (they project the last hidden state on the answer rows only), so the share is also
   printed with n_params = the non-embedding parameters (the matmuls actually run per token). Attention's
   own score/value products (~4 * context * hidden per token and layer) are not counted in either.
-- peak: the best median GFLOP/s of torch fp32 matmuls of the model's shapes (tokens x hidden @ hidden x
-  intermediate, and a square one) on the same threads, measured before and after the modes; the higher of
+- peak: the best median GFLOP/s of torch matmuls of the model's shapes in the model's dtype (tokens x hidden @
+  hidden x intermediate, and a square one) on the same device and threads, measured before and after the modes; the higher of
   the two runs is the peak (neighbours' load only lowers it).
 - warm-up: each mode runs once, untimed, on the first episode before the timed runs (--no-warmup skips it).
 - load: os.getloadavg() before and after each mode; the machine may be shared with other processes.
@@ -168,11 +170,21 @@ def warehouse_episodes(path: str | Path, n: int, seed: int = 0) -> list[BenchEpi
 # ----------------------------------------------------------------------------- the matmul peak
 
 
-def matmul_peak(hidden: int, intermediate: int, tokens: int = 2048, min_seconds: float = 0.3) -> dict:
-    """Median GFLOP/s of fp32 torch matmuls on the current threads: (tokens x hidden) @ (hidden x
-    intermediate), its transpose shape, and a square 1024; the best shape is the peak."""
+def matmul_peak(
+    hidden: int,
+    intermediate: int,
+    tokens: int = 2048,
+    min_seconds: float = 0.3,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict:
+    """Median GFLOP/s of torch matmuls in `dtype` on `device` (CPU: the current threads): (tokens x hidden) @
+    (hidden x intermediate), its transpose shape, and a square 1024; the best shape is the peak. On a GPU
+    every timing ends with a synchronize, and fp32 stays fp32 (TF32 is torch's default off for matmuls)."""
     import torch
 
+    dt = getattr(torch, dtype)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     shapes = {
         f"{tokens}x{hidden}@{hidden}x{intermediate}": (tokens, hidden, intermediate),
         f"{tokens}x{intermediate}@{intermediate}x{hidden}": (tokens, intermediate, hidden),
@@ -181,11 +193,13 @@ def matmul_peak(hidden: int, intermediate: int, tokens: int = 2048, min_seconds:
     out = {}
     with torch.inference_mode():
         for name, (m, k, n) in shapes.items():
-            a, b = torch.randn(m, k), torch.randn(k, n)
+            a = torch.randn(m, k, device=device, dtype=dt)
+            b = torch.randn(k, n, device=device, dtype=dt)
             c = a @ b  # warm up
-            reps = 1
+            sync()
             t0 = time.perf_counter()
             c = a @ b
+            sync()
             one = max(time.perf_counter() - t0, 1e-6)
             reps = max(3, int(min_seconds / one))
             runs = []
@@ -193,6 +207,7 @@ def matmul_peak(hidden: int, intermediate: int, tokens: int = 2048, min_seconds:
                 t0 = time.perf_counter()
                 for _ in range(reps):
                     c = a @ b
+                sync()
                 runs.append((time.perf_counter() - t0) / reps)
             del c
             out[name] = 2 * m * k * n / statistics.median(runs) / 1e9
@@ -341,6 +356,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default="default", help="'default', a model directory or a Hugging Face id")
     ap.add_argument("--batch-size", type=int, default=16, help="the engine's batch size (score modes)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="auto", help="'auto' (cuda where there is one), 'cpu' or 'cuda'")
+    ap.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model and peak dtype"
+    )
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="a subset of the modes")
     ap.add_argument(
         "--warehouse", default=None, help="a MALLES warehouse (read-only); default data/malles.duckdb"
@@ -375,8 +394,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"only {len(episodes)} episodes of 10 options available (asked for {n})")
 
     engine = HFEngine(
-        args.model, threads=args.threads, batch_size=args.batch_size, prefix_reuse=True, progress=False
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        prefix_reuse=True,
+        progress=False,
     )
+    device = str(engine.device)
+    if device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(engine.device)}")
     cfg = engine.model.config
     n_params, n_non_emb = param_counts(engine.model)
     hidden = int(getattr(cfg, "hidden_size", 576))
@@ -387,13 +415,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"model: {engine.model_path} ({n_params / 1e6:.1f}M parameters, {n_non_emb / 1e6:.1f}M non-embedding)"
     )
     print(
-        f"threads: {torch.get_num_threads()}, batch size {engine.batch_size}, dtype fp32, device {engine.device}"
+        f"threads: {torch.get_num_threads()}, batch size {engine.batch_size}, dtype {args.dtype}, device {device}"
     )
     print(
         f"load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores"
     )
 
-    peak_runs = [matmul_peak(hidden, inter, min_seconds=args.peak_seconds)]
+    peak_runs = [matmul_peak(hidden, inter, min_seconds=args.peak_seconds, device=device, dtype=args.dtype)]
     results: list[ModeResult] = []
     naive_n = len(episodes) if args.naive_episodes <= 0 else min(args.naive_episodes, len(episodes))
 
@@ -413,11 +441,13 @@ def main(argv: list[str] | None = None) -> dict:
         r = run(mode, episodes[:naive_n] if mode == "naive" else episodes)
         print(f"  {r.episodes} decisions in {r.seconds:.1f} s ({r.decisions_per_s:.3f}/s)", flush=True)
         results.append(r)
-    peak_runs.append(matmul_peak(hidden, inter, min_seconds=args.peak_seconds))
+    peak_runs.append(
+        matmul_peak(hidden, inter, min_seconds=args.peak_seconds, device=device, dtype=args.dtype)
+    )
     peak = max(max(p.values()) for p in peak_runs)
 
     print()
-    print("fp32 matmul GFLOP/s (median per shape; before the modes / after):")
+    print(f"{args.dtype} matmul GFLOP/s on {device} (median per shape; before the modes / after):")
     for name in peak_runs[0]:
         print(f"  {name}: {peak_runs[0][name]:.1f} / {peak_runs[1][name]:.1f}")
     print(f"peak used: {peak:.1f} GFLOP/s")

@@ -1,0 +1,66 @@
+"""Toy alignment data shared by the CPU tests (test_alignment.py) and the CUDA tests (test_cuda.py): no
+Dagster import, so the GPU machine's harness can load it with the plain-function modules alone."""
+
+import polars as pl
+
+SYSTEM = "<|im_start|>system\nYou are a shopper.<|im_end|>\n"
+YES_WORDS = ["apple", "pear", "plum", "grape", "mango", "peach", "lemon", "melon"]
+NO_WORDS = ["stone", "brick", "nail", "glue", "sand", "wire", "chalk", "tile"]
+YES_ID = 10539  # SmolLM2's "Yes" right after the assistant turn starts (NOTES.md)
+NO_ID = 5230
+
+
+def prompt(word: str, i: int) -> str:
+    return (
+        f'{SYSTEM}<|im_start|>user\nOffer {i}: "{word}". Do you buy it? Answer Yes or No.<|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+def toy_rows(n_repeats: int = 2) -> pl.DataFrame:
+    """A memorisable toy set: fruit -> Yes, hardware -> No (16 words, each n_repeats times)."""
+    rows = []
+    for r in range(n_repeats):
+        for i, w in enumerate(YES_WORDS):
+            rows.append(
+                {
+                    "episode_id": f"e{r}{i}y",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": "Yes",
+                }
+            )
+        for i, w in enumerate(NO_WORDS):
+            rows.append(
+                {
+                    "episode_id": f"e{r}{i}n",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": "No",
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def episode_rows(n_episodes: int = 16) -> pl.DataFrame:
+    """Episodes of 4 options: one fruit answered Yes, three hardware words answered No."""
+    rows = []
+    for e in range(n_episodes):
+        words = [(YES_WORDS[e % 8], "Yes")] + [(NO_WORDS[(e + j) % 8], "No") for j in range(3)]
+        for i, (w, a) in enumerate(words[e % 4 :] + words[: e % 4]):  # the chosen one moves around
+            rows.append(
+                {
+                    "episode_id": f"e{e}",
+                    "form": "utility",
+                    "product_id": w,
+                    "prompt": prompt(w, i),
+                    "completion": a,
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+# fast settings of the tiny model's training runs
+FAST = dict(batch_size=8, learning_rate=5e-3, top_layers=1, logging_steps=2, warmup_steps=0, max_minutes=5.0)
