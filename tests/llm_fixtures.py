@@ -76,3 +76,50 @@ def tiny_test_model(out_dir: str | Path, seed: int = TINY_SEED) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+# The shape of the project's adapters (assets/alignment/logic.py: LoraTrainSettings and LLAMA_PROJECTIONS),
+# repeated here so this module stays free of the alignment stage's imports (polars, trl).
+ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def random_lora_adapter(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    seed: int = TINY_SEED + 1,
+    r: int = 16,
+    alpha: int = 32,
+    layers: tuple[int, ...] | None = (1,),
+    scale: float = 0.5,
+) -> Path:
+    """Save a peft LoRA adapter with random A and B (not the zero B of a fresh adapter, so it changes the
+    model's outputs) on top of the model in `base_dir`: the production shape (every projection, r 16,
+    alpha 32, top layers via layers_to_transform) in miniature; returns the folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
+    if (out / "adapter_config.json").is_file():
+        return out
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(ADAPTER_TARGETS),
+        layers_to_transform=list(layers) if layers is not None else None,
+        layers_pattern="layers" if layers is not None else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
+    model = get_peft_model(base, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale / p.shape[-1] ** 0.5)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
