@@ -64,3 +64,24 @@ def episode_rows(n_episodes: int = 16) -> pl.DataFrame:
 
 # fast settings of the tiny model's training runs
 FAST = dict(batch_size=8, learning_rate=5e-3, top_layers=1, logging_steps=2, warmup_steps=0, max_minutes=5.0)
+
+
+QTY_OF = {w: str(1 + i % 3) for i, w in enumerate(YES_WORDS)}  # each fruit's quantity answer: "1".."3"
+
+
+def quantity_prompt(word: str) -> str:
+    return (
+        f'{SYSTEM}<|im_start|>user\nYou buy "{word}". How many units? 1 to 9 (9 = 9+).<|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+
+
+def with_quantity_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """episode_rows plus one quantity row per episode (its Yes option's word, answer QTY_OF[word])."""
+    chosen = rows.filter(pl.col("completion") == "Yes")
+    q = chosen.with_columns(
+        form=pl.lit("quantity"),
+        prompt=pl.col("product_id").map_elements(quantity_prompt, return_dtype=pl.String),
+        completion=pl.col("product_id").replace_strict(QTY_OF, return_dtype=pl.String),
+    )
+    return pl.concat([rows, q.select(rows.columns)])

@@ -12,11 +12,15 @@ from assets.alignment import logic as L
 from tests.alignment_fixtures import (
     FAST,
     NO_ID,
+    QTY_OF,
     SYSTEM,
     YES_ID,
+    YES_WORDS,
     episode_rows,
     prompt,
+    quantity_prompt,
     toy_rows,
+    with_quantity_rows,
 )
 
 
@@ -236,6 +240,90 @@ def test_packed_episode_equals_separate_prompts(tiny_model, tokenizer):
         assert abs(float(got) - float(expected)) < 1e-4
 
 
+def test_packed_quantity_block_equals_its_own_prompt(tiny_model, tokenizer):
+    """An episode's quantity row rides in its pack as one more block: its answer position has the hidden state
+    of the quantity prompt run alone (fp32, 1e-4), and the loss adds qty_weight x the cross-entropy over the
+    quantity tokens "1".."9" (the distribution the simulation reads)."""
+    import torch
+    import torch.nn.functional as F
+
+    from assets.prompts.templates import QUANTITY_LABELS
+    from resources.hf_engine import answer_token_ids
+
+    model = _scrambled(tiny_model)
+    rows = with_quantity_rows(episode_rows(3))
+    packs = L.pack_episodes(tokenizer, rows, 512)
+    assert packs["qty"] == [QUANTITY_LABELS.index(QTY_OF[w]) for w in YES_WORDS[:3]]
+    assert all(n > 0 for n in packs["qty_len"]) and all(len(s) == 4 for s in packs["suffix_lens"])
+    batch = L.packed_collator(tokenizer.pad_token_id)([{k: v[i] for k, v in packs.items()} for i in range(3)])
+    q_prompts = rows.filter(pl.col("form") == "quantity")["prompt"].to_list()
+    qty_ids = answer_token_ids(tokenizer, q_prompts[0], list(QUANTITY_LABELS))
+    with torch.inference_mode():
+        hidden = L._packed_hidden(model, batch)
+        got_h = hidden[batch["qty_rows"], batch["qty_cols"]]
+        alone = torch.stack(
+            [model.model(input_ids=torch.as_tensor([tokenizer(p, add_special_tokens=False)["input_ids"]]))
+             .last_hidden_state[0, -1] for p in q_prompts]
+        )  # fmt: skip
+        assert torch.allclose(got_h, alone, atol=1e-4, rtol=1e-4)
+        ce = F.cross_entropy(model.lm_head(alone)[:, qty_ids], torch.as_tensor(packs["qty"]))
+        choice = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=True)
+        both = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=True, qty_ids=qty_ids, qty_weight=0.5)
+        assert abs(float(both) - float(choice) - 0.5 * float(ce)) < 1e-4
+    no_qty = L.pack_episodes(tokenizer, episode_rows(3), 512)  # no quantity rows: no block, label -1
+    assert no_qty["qty_len"] == [0, 0, 0] and no_qty["qty"] == [-1, -1, -1]
+
+
+def test_packed_training_learns_the_quantity(tiny_model, tmp_path):
+    """Trained with the quantity block, the adapter puts the quantity answers' mass on the trained answers
+    ("1".."3"; the untrained tiny model puts most of it on "5"); with quantity_weight 0 it does not."""
+    import numpy as np
+
+    from assets.prompts.templates import QUANTITY_LABELS
+    from resources.hf_engine import HFEngine
+
+    rows = with_quantity_rows(episode_rows(16))
+    prompts = [quantity_prompt(w) for w in QTY_OF]
+    mass = {}
+    for weight in (1.0, 0.0):
+        cfg = L.LoraTrainSettings(
+            **{**FAST, "loss": "softmax", "learning_rate": 1e-3, "pack_prefix": True},
+            quantity_weight=weight,
+            max_steps=60,
+            epochs=50.0,
+        )
+        out = tmp_path / f"a{weight}"
+        result = L.train_lora(tiny_model, rows, rows, cfg, out)
+        assert result.quantity_episodes == 16 and result.metrics()["quantity_episodes"] == 16
+        engine = HFEngine(tiny_model, adapter_path=str(out), progress=False)
+        p = np.exp(engine.label_logprobs(prompts, list(QUANTITY_LABELS)))
+        mass[weight] = p[:, :3].sum(axis=1)  # P("1") + P("2") + P("3") per word
+    assert mass[1.0].min() > 0.9 and mass[0.0].max() < 0.5, mass
+
+
+def test_dataset_rows_by_episode_with_quantity(tmp_path):
+    """Packed training takes every utility row and, with_quantity, the quantity rows of those episodes only;
+    the eval rows are whole seeded val episodes with their quantity rows."""
+    train = with_quantity_rows(episode_rows(6))
+    util = train.filter(pl.col("form") == "utility")
+    lw = pl.concat(
+        [train.filter(pl.col("form") == "quantity"),
+         with_quantity_rows(episode_rows(8)).filter(pl.col("form") == "quantity")
+         .with_columns(episode_id=pl.lit("other_") + pl.col("episode_id"))]
+    )  # fmt: skip
+    files = {}
+    for name, df in {"train_utility": util, "train_listwise": lw, "val": train}.items():
+        files[name] = str(tmp_path / f"{name}.parquet")
+        df.write_parquet(files[name])
+    rows, evals = L.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True, with_quantity=True)
+    assert rows.filter(pl.col("form") == "utility").height == util.height
+    q = rows.filter(pl.col("form") == "quantity")
+    assert q.height == 6 and set(q["episode_id"]) == set(util["episode_id"])  # not the "other_" ones
+    assert evals["episode_id"].n_unique() == 2 and evals.filter(pl.col("form") == "quantity").height == 2
+    plain, _ = L.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True)
+    assert set(plain["form"]) == {"utility"}
+
+
 @pytest.mark.parametrize("loss", ["pointwise", "softmax"])
 def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss):
     from resources.hf_engine import HFEngine
@@ -267,7 +355,7 @@ def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss
 
 def test_packing_refuses_other_forms(tiny_model, tmp_path):
     rows = episode_rows(2).with_columns(form=pl.lit("listwise"))
-    with pytest.raises(ValueError, match="pack_prefix packs utility rows only"):
+    with pytest.raises(ValueError, match="pack_prefix packs utility rows"):
         L.train_lora(tiny_model, rows, None, L.LoraTrainSettings(**FAST, pack_prefix=True), tmp_path / "a")
 
 

@@ -65,6 +65,10 @@ class LoraTrainSettings:
     decay_by_time: bool = False  # learning rate times a cosine of the elapsed share of the time budget
     pack_prefix: bool = False  # utility form: one sequence per episode, its prefix computed once for all of
     # its options (block attention mask); same loss, fewer tokens per example
+    quantity_weight: float = (
+        1.0  # packed: weight of the quantity answer's cross-entropy (over "1".."9") added
+    )
+    # per episode where the rows hold its quantity row; 0 leaves the quantity answer untrained
 
 
 @dataclass
@@ -84,6 +88,7 @@ class TrainResult:
     layers_to_transform: list[int] | None = None
     device: str = "cpu"
     bf16: bool = False
+    quantity_episodes: int = 0  # training packs that carry a quantity answer (packed training only)
 
     def metrics(self) -> dict[str, float]:
         """Plain numbers for MLflow and Dagster metadata."""
@@ -94,6 +99,7 @@ class TrainResult:
             "total_params": float(self.total_params),
             "examples_seen": float(self.examples_seen),
             "stopped_by_time": float(self.stopped_by_time),
+            "quantity_episodes": float(self.quantity_episodes),
         }
         return out
 
@@ -409,35 +415,68 @@ def pack_episodes(tokenizer, df: pl.DataFrame, max_length: int) -> dict[str, lis
     per episode (the collator's block mask lets each suffix see only the prefix and itself, and gives it the
     positions it has in its own prompt). Per episode: input_ids, prefix_len, suffix_lens, yes (1 where the
     row's answer is "Yes"). Options whose own prompt would exceed max_length are left out, as are episodes
-    left with no option. Rows of an episode with another prefix form their own pack."""
-    df = df.filter(pl.col("form") == "utility") if "form" in df.columns else df
-    out: dict[str, list] = {"input_ids": [], "prefix_len": [], "suffix_lens": [], "yes": []}
-    if df.height == 0:
+    left with no option. Rows of an episode with another prefix form their own pack.
+
+    A quantity row of the same episode and prefix (form 'quantity': the chosen option with the quantity
+    question, answer "1".."9") is appended as one more block: qty_len (its length, 0 where there is none) and
+    qty (the answer's index in QUANTITY_LABELS, -1 where there is none)."""
+    from assets.prompts.templates import QUANTITY_LABELS
+
+    forms = df["form"] if "form" in df.columns else None
+    util = df.filter(forms == "utility") if forms is not None else df
+    qrows = df.filter(forms == "quantity") if forms is not None else df.head(0)
+    out: dict[str, list] = {
+        "input_ids": [], "prefix_len": [], "suffix_lens": [], "yes": [], "qty_len": [], "qty": []
+    }  # fmt: skip
+    if util.height == 0:
         return out
-    parts = [split_prompt(p) for p in df["prompt"].to_list()]
-    df = df.with_columns(_prefix=pl.Series([a for a, _ in parts]), _suffix=pl.Series([b for _, b in parts]))
-    key = "episode_id" if "episode_id" in df.columns else "_prefix"
-    groups = df.group_by(key, "_prefix", maintain_order=True).agg("_suffix", "completion")
+    key = "episode_id" if "episode_id" in util.columns else "_prefix"
+    quantity: dict[tuple[str, str], tuple[str, int]] = {}
+    for row in qrows.iter_rows(named=True):
+        pre, suf = split_prompt(row["prompt"])
+        label = str(row["completion"]).strip()
+        if label in QUANTITY_LABELS:
+            quantity.setdefault((str(row.get(key, pre)), pre), (suf, QUANTITY_LABELS.index(label)))
+    parts = [split_prompt(p) for p in util["prompt"].to_list()]
+    util = util.with_columns(
+        _prefix=pl.Series([a for a, _ in parts]), _suffix=pl.Series([b for _, b in parts])
+    )
+    groups = util.group_by(key, "_prefix", maintain_order=True).agg("_suffix", "completion")
     pre_ids = tokenizer(groups["_prefix"].to_list(), add_special_tokens=False)["input_ids"]
-    for pre, sufs, answers in zip(
-        pre_ids, groups["_suffix"].to_list(), groups["completion"].to_list(), strict=True
+    for k, prefix, pre, sufs, answers in zip(
+        groups[key].to_list(),
+        groups["_prefix"].to_list(),
+        pre_ids,
+        groups["_suffix"].to_list(),
+        groups["completion"].to_list(),
+        strict=True,
     ):
         suf_ids = tokenizer(sufs, add_special_tokens=False)["input_ids"]
         keep = [i for i, s in enumerate(suf_ids) if not max_length or len(pre) + len(s) <= max_length]
         if not keep:
             continue
-        out["input_ids"].append(list(pre) + [t for i in keep for t in suf_ids[i]])
+        q_ids, q = [], -1
+        if (str(k), prefix) in quantity:
+            q_suffix, q_label = quantity[(str(k), prefix)]
+            q_ids = tokenizer(q_suffix, add_special_tokens=False)["input_ids"]
+            if max_length and len(pre) + len(q_ids) > max_length:
+                q_ids = []
+            q = q_label if q_ids else -1
+        out["input_ids"].append(list(pre) + [t for i in keep for t in suf_ids[i]] + list(q_ids))
         out["prefix_len"].append(len(pre))
         out["suffix_lens"].append([len(suf_ids[i]) for i in keep])
         out["yes"].append([int(str(answers[i]).strip() == "Yes") for i in keep])
+        out["qty_len"].append(len(q_ids))
+        out["qty"].append(q)
     return out
 
 
 def packed_collator(pad_id: int):
     """Collates packed episodes into right-padded input_ids, position ids and a boolean 4D attention mask
-    (batch, 1, L, L): prefix tokens attend causally to the prefix; each suffix token to the prefix and causally
-    to its own suffix; padding only to itself. Also the (row, position) of each option's answer (the last token
-    of its suffix), its Yes flag and the option count of each episode."""
+    (batch, 1, L, L): prefix tokens attend causally to the prefix; each suffix token (an option's, or the
+    quantity block's) to the prefix and causally to its own suffix; padding only to itself. Also the (row,
+    position) of each option's answer (the last token of its suffix), its Yes flag and the option count of
+    each episode, and the (row, position, label index) of each quantity answer."""
     import torch
 
     def collate(items: list[dict]) -> dict:
@@ -447,6 +486,15 @@ def packed_collator(pad_id: int):
         pos = torch.zeros((n, width), dtype=torch.long)
         mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
         rows, cols, yes, sizes = [], [], [], []
+        q_rows, q_cols, q_labels = [], [], []
+
+        def block(b: int, p: int, start: int, length: int) -> int:
+            end = start + int(length)
+            mask[b, 0, start:end, :p] = True
+            mask[b, 0, start:end, start:end] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
+            pos[b, start:end] = torch.arange(p, p + end - start)
+            return end
+
         for b, it in enumerate(items):
             ids, p = it["input_ids"], int(it["prefix_len"])
             inp[b, : len(ids)] = torch.as_tensor(ids)
@@ -454,16 +502,15 @@ def packed_collator(pad_id: int):
             pos[b, :p] = torch.arange(p)
             start = p
             for length, y in zip(it["suffix_lens"], it["yes"], strict=True):
-                end = start + int(length)
-                mask[b, 0, start:end, :p] = True
-                mask[b, 0, start:end, start:end] = torch.ones(
-                    (end - start, end - start), dtype=torch.bool
-                ).tril()
-                pos[b, start:end] = torch.arange(p, p + end - start)
+                start = block(b, p, start, length)
                 rows.append(b)
-                cols.append(end - 1)
+                cols.append(start - 1)
                 yes.append(int(y))
-                start = end
+            if int(it.get("qty_len") or 0) > 0:
+                start = block(b, p, start, it["qty_len"])
+                q_rows.append(b)
+                q_cols.append(start - 1)
+                q_labels.append(int(it["qty"]))
             for i in range(len(ids), width):
                 mask[b, 0, i, i] = True
             sizes.append(len(it["suffix_lens"]))
@@ -475,56 +522,88 @@ def packed_collator(pad_id: int):
             "answer_cols": torch.as_tensor(cols),
             "yes": torch.as_tensor(yes),
             "group_sizes": torch.as_tensor(sizes),
+            "qty_rows": torch.as_tensor(q_rows, dtype=torch.long),
+            "qty_cols": torch.as_tensor(q_cols, dtype=torch.long),
+            "qty_labels": torch.as_tensor(q_labels, dtype=torch.long),
         }
 
     return collate
 
 
-def packed_answer_hidden(model, inputs: dict[str, Any]):
-    """Final hidden states at each option's answer position of a packed batch (one row per option)."""
+def _packed_hidden(model, inputs: dict[str, Any]):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.model(
+    return base.model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs["attention_mask"],
         position_ids=inputs["position_ids"],
     ).last_hidden_state
-    return hidden[inputs["answer_rows"], inputs["answer_cols"]]
 
 
-def packed_loss(model, inputs: dict[str, Any], yes_id: int, no_id: int, softmax: bool):
+def packed_answer_hidden(model, inputs: dict[str, Any]):
+    """Final hidden states at each option's answer position of a packed batch (one row per option)."""
+    return _packed_hidden(model, inputs)[inputs["answer_rows"], inputs["answer_cols"]]
+
+
+def packed_loss(
+    model,
+    inputs: dict[str, Any],
+    yes_id: int,
+    no_id: int,
+    softmax: bool,
+    qty_ids: list[int] | None = None,
+    qty_weight: float = 0.0,
+):
     """The loss of a packed batch. pointwise: mean cross-entropy (whole vocabulary) of each option's answer
     token, "Yes" or "No" (the unpacked pointwise loss, computed once per prefix). softmax: mean over episodes of
     -log softmax(u)[chosen], u = logit(Yes) - logit(No) of its options (episodes without exactly one "Yes"
-    are skipped)."""
+    are skipped). Plus qty_weight x the mean cross-entropy of the quantity answers over the quantity tokens
+    qty_ids ("1".."9", the distribution the simulation reads with label_logprobs), where the batch has any."""
     import torch
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    h = packed_answer_hidden(model, inputs)
+    hidden = _packed_hidden(model, inputs)
+    h = hidden[inputs["answer_rows"], inputs["answer_cols"]]
     yes = inputs["yes"].to(h.device)
     if not softmax:
         logits = base.get_output_embeddings()(h).float()
         target = torch.where(yes > 0, torch.as_tensor(yes_id), torch.as_tensor(no_id)).to(h.device)
-        return F.cross_entropy(logits, target)
-    w = base.get_output_embeddings().weight[[yes_id, no_id]]
-    logits = (h @ w.T).float()
-    u = logits[:, 0] - logits[:, 1]
-    sizes = inputs["group_sizes"].tolist()
-    chosen = [
-        int(flags.argmax()) if int(flags.sum()) == 1 and flags.numel() >= 2 else None
-        for flags in torch.split(yes, sizes)
-    ]
-    return choice_nll(u, sizes, chosen)
+        loss = F.cross_entropy(logits, target)
+    else:
+        w = base.get_output_embeddings().weight[[yes_id, no_id]]
+        logits = (h @ w.T).float()
+        u = logits[:, 0] - logits[:, 1]
+        sizes = inputs["group_sizes"].tolist()
+        chosen = [
+            int(flags.argmax()) if int(flags.sum()) == 1 and flags.numel() >= 2 else None
+            for flags in torch.split(yes, sizes)
+        ]
+        loss = choice_nll(u, sizes, chosen)
+    q_rows = inputs.get("qty_rows")
+    if qty_weight > 0 and qty_ids and q_rows is not None and q_rows.numel() > 0:
+        hq = hidden[q_rows.to(hidden.device), inputs["qty_cols"].to(hidden.device)]
+        q_logits = (hq @ base.get_output_embeddings().weight[list(qty_ids)].T).float()
+        loss = loss + qty_weight * F.cross_entropy(q_logits, inputs["qty_labels"].to(hidden.device))
+    return loss
 
 
-def _packed_trainer(base_cls, device: str, bf16: bool, yes_id: int, no_id: int, softmax: bool):
+def _packed_trainer(
+    base_cls,
+    device: str,
+    bf16: bool,
+    yes_id: int,
+    no_id: int,
+    softmax: bool,
+    qty_ids: list[int] | None = None,
+    qty_weight: float = 0.0,
+):
     """SFTTrainer whose loss is packed_loss (bf16 autocast as _answer_head_trainer)."""
     import torch
 
     class PackedSFTTrainer(base_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                loss = packed_loss(model, inputs, yes_id, no_id, softmax)
+                loss = packed_loss(model, inputs, yes_id, no_id, softmax, qty_ids, qty_weight)
             return (loss, None) if return_outputs else loss
 
     return PackedSFTTrainer
@@ -590,9 +669,10 @@ def build_trainer(
     per_step = cfg.batch_size
     per_item = 1.0  # examples (answers) per dataset item
     if cfg.pack_prefix:
-        if "form" in train_df.columns and set(train_df["form"].unique().to_list()) - {"utility"}:
+        if "form" in train_df.columns and set(train_df["form"].unique().to_list()) - {"utility", "quantity"}:
             raise ValueError(
-                "pack_prefix packs utility rows only: set forms=['utility'] or pack_prefix=False"
+                "pack_prefix packs utility rows (and their episodes' quantity rows) only: "
+                "set forms=['utility'] or pack_prefix=False"
             )
         train_ds = Dataset.from_dict(pack_episodes(tok, train_df, cfg.max_length))
         eval_p = pack_episodes(tok, eval_df, cfg.max_length) if eval_df.height else {"input_ids": []}
@@ -644,12 +724,20 @@ def build_trainer(
         **({"remove_unused_columns": False} if extra else {}),
     )
     state: dict[str, Any] = {"history": [], "stopped_by_time": False, "n": len(train_ds) * cfg.epochs}
+    n_qty = 0  # training episodes whose quantity answer is trained (packed only)
     if softmax or cfg.pack_prefix:
         from resources.hf_engine import answer_token_ids
 
-        yes_id, no_id = answer_token_ids(tok, train_df["prompt"][0], ["Yes", "No"])
+        first = train_df.filter(pl.col("form") == "utility") if "form" in train_df.columns else train_df
+        yes_id, no_id = answer_token_ids(tok, first["prompt"][0], ["Yes", "No"])
         if cfg.pack_prefix:
-            cls = _packed_trainer(SFTTrainer, device, use_bf16, yes_id, no_id, softmax)
+            from assets.prompts.templates import QUANTITY_LABELS
+
+            qty_ids = answer_token_ids(tok, first["prompt"][0], list(QUANTITY_LABELS))
+            n_qty = sum(1 for q in train_ds["qty"] if q >= 0)
+            cls = _packed_trainer(
+                SFTTrainer, device, use_bf16, yes_id, no_id, softmax, qty_ids, cfg.quantity_weight
+            )
         else:
             cls = _softmax_trainer(SFTTrainer, device, use_bf16, yes_id, no_id)
     else:
@@ -664,6 +752,7 @@ def build_trainer(
         **({"data_collator": extra["data_collator"]} if extra else {}),
     )
     state.update(device=device, bf16=use_bf16, layers=layers_to_transform(n_layers, cfg.top_layers))
+    state["quantity_answers"] = n_qty
     state["per_step"] = per_step
     state["per_item"] = per_item
     return trainer, state
@@ -687,7 +776,8 @@ def train_lora(
     trainable, total = _count_params(trainer.model)
     log(
         f"LoRA r={cfg.lora_r} on layers {state['layers'] or 'all'}: {trainable:,} trainable of {total:,} "
-        f"({state['device']}, bf16={state['bf16']}, {len(trainer.train_dataset)} train rows)"
+        f"({state['device']}, bf16={state['bf16']}, {len(trainer.train_dataset)} train rows"
+        + (f", {state['quantity_answers']} with a quantity answer)" if state.get("quantity_answers") else ")")
     )
     has_eval = trainer.eval_dataset is not None
     eval_before = float(trainer.evaluate()["eval_loss"]) if has_eval else math.nan
@@ -716,6 +806,7 @@ def train_lora(
         layers_to_transform=state["layers"],
         device=state["device"],
         bf16=state["bf16"],
+        quantity_episodes=int(state.get("quantity_answers", 0)),
     )
     (out / "train_result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
     _remove_tree(out / "_trainer")
@@ -848,18 +939,28 @@ def dataset_rows(
     eval_examples: int,
     seed: int,
     by_episode: bool = False,
+    with_quantity: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Training rows (forms mixed) and eval rows (val rows of the same forms, seeded sample) of a dataset.
 
-    by_episode (the softmax loss): whole episodes instead of rows: every utility training row (the time
-    budget decides how many are used; the trainer shuffles episodes) and the rows of seeded val episodes
-    holding about eval_examples rows, with episode_id and form kept for the grouping."""
+    by_episode (the softmax loss, packing): whole episodes instead of rows: every utility training row (the
+    time budget decides how many are used; the trainer shuffles episodes) and the rows of seeded val episodes
+    holding about eval_examples utility rows, with episode_id and form kept for the grouping. with_quantity
+    (by_episode only) adds the quantity row of each of those episodes (the packed loss trains its answer)."""
     utility = read_parquet_or_empty(files.get("train_utility"))
     listwise = read_parquet_or_empty(files.get("train_listwise"))
     if by_episode:
-        forms = ["utility"]
-        max_train_examples = 0
-    train = mix_forms(utility, listwise, forms, listwise_share, max_train_examples, seed)
+        forms = ["utility", "quantity"] if with_quantity else ["utility"]
+        train = mix_forms(utility, None, ["utility"], listwise_share, 0, seed)
+        if with_quantity and listwise is not None and {"form", "episode_id"} <= set(listwise.columns):
+            episodes = train["episode_id"].unique() if "episode_id" in train.columns else []
+            q = _as_frame(listwise).filter(
+                (pl.col("form") == "quantity") & pl.col("episode_id").is_in(episodes)
+            )
+            cols = [c for c in train.columns if c in q.columns]
+            train = pl.concat([train, q.select(cols)], how="diagonal_relaxed")
+    else:
+        train = mix_forms(utility, listwise, forms, listwise_share, max_train_examples, seed)
     val = read_parquet_or_empty(files.get("val"))
     if val is None or eval_examples <= 0:
         return train, train.head(0)
@@ -867,7 +968,8 @@ def dataset_rows(
     if "form" in val.columns:
         val = val.filter(pl.col("form").is_in(list(forms)))
     if by_episode and "episode_id" in val.columns and val.height:
-        per_episode = max(1.0, val.height / max(val["episode_id"].n_unique(), 1))
+        n_util = val.filter(pl.col("form") == "utility").height if "form" in val.columns else val.height
+        per_episode = max(1.0, n_util / max(val["episode_id"].n_unique(), 1))
         keys = sorted(val["episode_id"].unique().to_list())
         keep = [keys[i] for i in seeded_order(keys, seed)[: max(1, round(eval_examples / per_episode))]]
         cols = [c for c in ("prompt", "completion", "episode_id", "form") if c in val.columns]

@@ -32,6 +32,7 @@ ASSISTANT_START = f"{IM_START}assistant\n"
 
 LABELS = "ABCDEFGHIJ"  # listwise option labels (at most 10 options, EVALUATION.md)
 MAX_QUANTITY = 9  # quantity answers "1".."9"; "9" means 9 or more
+QUANTITY_LABELS = tuple(str(q) for q in range(1, MAX_QUANTITY + 1))  # the quantity answer tokens
 
 # Style parameters shown to the agent: (column of customer_style_params, words in the prompt after
 # "Style:"). One token each but loss aversion (SmolLM2); "price-sens" would cost three.

@@ -39,7 +39,7 @@ from assets.simulation.calibration import HybridFit
 from resources.sql import load_sql
 
 FORMS = ("utility", "listwise")
-QTY_LABELS = tuple(str(q) for q in range(1, T.MAX_QUANTITY + 1))
+QTY_LABELS = T.QUANTITY_LABELS
 HYBRID_PREFIX = "hybrid_"  # methods of the calibrated hybrids (assets/simulation/calibration.py)
 
 DECISIONS_SCHEMA = {
