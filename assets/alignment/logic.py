@@ -65,10 +65,9 @@ class LoraTrainSettings:
     decay_by_time: bool = False  # learning rate times a cosine of the elapsed share of the time budget
     pack_prefix: bool = False  # utility form: one sequence per episode, its prefix computed once for all of
     # its options (block attention mask); same loss, fewer tokens per example
-    quantity_weight: float = (
-        1.0  # packed: weight of the quantity answer's cross-entropy (over "1".."9") added
-    )
-    # per episode where the rows hold its quantity row; 0 leaves the quantity answer untrained
+    # packed: weight of the quantity answer's cross-entropy (over "1".."9") added per episode whose quantity
+    # row the rows hold; 0 leaves the quantity answer untrained
+    quantity_weight: float = 0.0
 
 
 @dataclass
