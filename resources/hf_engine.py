@@ -147,6 +147,18 @@ def _torch_dtype(name: str):
     return table[name]
 
 
+def check_device(device: str) -> None:
+    """A clear one-line error for a device torch cannot use here (a typo, or cuda on a machine without it)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a torch device: use 'auto', 'cpu' or 'cuda'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here; use device='auto' or 'cpu'")
+
+
 class HFEngine:
     """transformers inference for choice scoring and sampling (see the module docstring)."""
 
@@ -170,6 +182,7 @@ class HFEngine:
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
         if device == "cpu" and threads and threads > 0:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)

@@ -156,6 +156,19 @@ def test_multi_token_answer_is_a_clear_error(engine):
         engine.score_options(SYSTEM, OPTIONS[:2], answers=("Yes", "No", "Maybe"))
 
 
+def test_unusable_device_is_a_clear_error(tiny_dir, monkeypatch):
+    """A device torch cannot use here fails before the model loads, in one line naming the fix."""
+    import torch
+
+    from resources.hf_engine import HFEngine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, words in (("cuda", "no CUDA device"), ("gpu0", "not a torch device")):
+        with pytest.raises(ValueError) as err:
+            HFEngine(tiny_dir, device=device, progress=False)
+        assert "\n" not in str(err.value) and words in str(err.value) and "'cpu'" in str(err.value)
+
+
 def test_empty_inputs(engine):
     assert engine.score_many([]) == []
     assert engine.score_options(SYSTEM, []).shape == (0,)
