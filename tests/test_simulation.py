@@ -496,3 +496,97 @@ def test_quantity_median_by_hand():
     ((mean, median),) = S.quantity_distributions(Fixed(), [ep], [0], True, True)
     assert median == 3.0  # P(Q <= 2) = 0.45, P(Q <= 3) = 0.50
     assert mean == pytest.approx(0.3 + 0.3 + 0.15 + sum(q * 0.5 / 6 for q in range(4, 10)))
+
+
+def test_quantity_model_asks_the_adapter_only_when_it_learnt_the_quantity(tmp_path):
+    assert S.quantity_model("", "adapter") == ("", "no adapter: the base model decides")
+    assert S.quantity_model(str(tmp_path), "adapter")[0] == str(tmp_path)
+    assert S.quantity_model(str(tmp_path), "base")[0] == ""
+    assert S.quantity_model(str(tmp_path), "auto")[0] == ""  # no train_result.json: saved before the field
+    (tmp_path / "train_result.json").write_text('{"quantity_episodes": 0}')
+    assert S.quantity_model(str(tmp_path), "auto")[0] == ""
+    (tmp_path / "train_result.json").write_text('{"quantity_episodes": 12}')
+    assert S.quantity_model(str(tmp_path), "auto")[0] == str(tmp_path)
+    (tmp_path / "train_result.json").write_text("not json")
+    assert S.quantity_model(str(tmp_path), "auto")[0] == ""
+    with pytest.raises(ValueError, match="quantity_source 'adapters': use one of"):
+        S.quantity_model(str(tmp_path), "adapters")
+
+
+def test_a_second_engine_answers_the_quantity(conn, engine):
+    class Sevens:  # every quantity answer is "7"
+        stats = None
+
+        def label_logprobs(self, prompts, labels):
+            return np.log(np.tile([1e-9] * 6 + [1.0] + [1e-9] * 2, (len(prompts), 1)))
+
+    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    own = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None).decisions
+    other = S.run_decisions(
+        conn, engine, settings, "m", "r", log=lambda _: None, qty_engine=Sevens()
+    ).decisions
+    assert other["utility"].to_list() == own["utility"].to_list()  # the choices are the deciding engine's
+    assert set(other.filter(pl.col("is_top"))["median_qty"].to_list()) == {7.0}
+    assert other.filter(pl.col("is_top"))["expected_qty"].to_list() == pytest.approx([7.0] * 4, abs=1e-6)
+
+
+def _tiny_adapter(model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter of the tiny model with random (not zero) B matrices, so it changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    cfg = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, cfg).save_pretrained(str(out))
+    return out
+
+
+def test_asset_sends_the_quantity_to_the_base_model_for_a_choice_only_adapter(
+    tiny_model, duckdb_resource, mlflow_resource, tmp_path
+):
+    from assets.simulation import RetailDecisionsConfig, retail_decisions
+    from resources.llm import LLMResource
+
+    adapter = _tiny_adapter(tiny_model, tmp_path / "adapter")
+    build_warehouse(duckdb_resource.database)
+    with duckdb_resource.get_connection() as conn:
+        _q(conn, "create table lora_adapters (adapter_path varchar, base_model varchar, "
+                     "dagster_run_id varchar, mlflow_run_id varchar, created_at timestamp)")  # fmt: skip
+        _q(conn, "insert into lora_adapters values ($p, $m, 'r0', 'm0', $t)",
+           {"p": str(adapter), "m": str(tiny_model), "t": datetime.now()})  # fmt: skip
+    llm = LLMResource(model=str(tiny_model))
+
+    def run(source: str) -> tuple[dict, dict]:
+        result = dg.materialize(
+            [retail_decisions],
+            resources={"duckdb": duckdb_resource, "mlflow": mlflow_resource, "llm": llm},
+            run_config=dg.RunConfig(
+                {
+                    "retail_decisions": RetailDecisionsConfig(
+                        n_per_split=0, variants=[], quantity_source=source
+                    )
+                }
+            ),
+        )
+        assert result.success
+        meta = result.asset_materializations_for_node("retail_decisions")[0].metadata
+        with duckdb_resource.get_connection() as conn:
+            rows = conn.execute(
+                "select episode_id, median_qty, expected_qty from retail_decisions where is_top"
+            ).fetchall()
+        return meta, {e: (m, x) for e, m, x in rows}
+
+    meta, auto = run("auto")
+    assert (
+        meta["quantity_model"].value == "base" and meta["llm_aligned_utility.quantity_model"].value == "base"
+    )
+    _, base = run("base")
+    meta, own = run("adapter")
+    assert meta["llm_aligned_utility.quantity_model"].value == "adapter"
+    assert auto == base and auto != own  # the adapter changes the quantity answer; auto did not ask it
+    # an adapter trained on the quantity answer is asked it under 'auto'
+    (adapter / "train_result.json").write_text('{"quantity_episodes": 5}')
+    meta, learnt = run("auto")
+    assert meta["quantity_model"].value == "adapter" and learnt == own

@@ -29,6 +29,9 @@ class RetailDecisionsConfig(dg.Config):
     form: str = "utility"  # primary: 'utility' (yes/no per option, softmax of utilities) or 'listwise'
     use_adapter: bool = True  # use the newest lora_adapters row when there is one; zero-shot otherwise
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
+    # who answers it: 'auto' (the adapter only when its training carried the quantity answer, else the base
+    # model: a choice-only adapter drifts on it), 'adapter' (the deciding model) or 'base'
+    quantity_source: str = "auto"
     include_style: bool = True  # False: the primary runs without the style parameters
     include_signals: bool = True  # False: the primary runs without the commercial submodule signals
     reading: bool = True  # listwise: readers + decider when a prompt exceeds budget_tokens (off: one prompt)
@@ -89,6 +92,16 @@ def retail_decisions(
     with duckdb.get_connection() as conn:
         adapter, reason = logic.choose_adapter(logic.latest_adapter(conn), llm.model, True)
     meta["adapter"], meta["adapter_reason"] = adapter or "none", reason
+    qty_path, qty_reason = logic.quantity_model(adapter, config.quantity_source)
+    meta["quantity_model"] = "adapter" if qty_path else "base"
+    meta["quantity_model_reason"] = qty_reason
+
+    def engine_of(path: str):
+        if path not in engines:
+            fields = {k: getattr(llm, k) for k in LLM_FIELDS}
+            engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
+        return engines[path]
+
     for spec in runs:
         path = adapter if spec.aligned else ""
         if spec.aligned and not adapter:
@@ -97,12 +110,13 @@ def retail_decisions(
         if method in meta["methods"]:
             context.log.info(f"retail_decisions: {method} already decided in this run; skipped")
             continue
-        if path not in engines:
-            fields = {k: getattr(llm, k) for k in LLM_FIELDS}
-            engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
+        # the quantity question goes to the base model unless the adapter was trained on it (quantity_model)
+        qpath = qty_path if path else ""
+        own_qty = spec.settings.quantity and qpath != path  # a second engine answers the quantity
         context.log.info(
             f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
             f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
+            + (f"; quantity from the base model ({qty_reason})" if own_qty else "")
         )
         ckpt = None
         if config.resume:
@@ -112,6 +126,8 @@ def retail_decisions(
                     "settings": dataclasses.asdict(spec.settings),
                     "splits": spec.splits,
                     "adapter": path,
+                    # only when it differs: checkpoints of runs that asked the adapter stay valid
+                    **({"quantity_adapter": qpath} if own_qty else {}),
                     **{k: getattr(llm, k) for k in ("backend", "model", "dtype")},
                 }
             )
@@ -120,7 +136,7 @@ def retail_decisions(
             sample = logic.load_run_sample(conn, spec.settings, spec.splits)
         run = logic.run_decisions(
             None,
-            engines[path],
+            engine_of(path),
             spec.settings,
             method,
             context.run.run_id,
@@ -129,6 +145,7 @@ def retail_decisions(
             checkpoint_dir=ckpt,
             sample=sample,
             deadline=deadline,
+            qty_engine=engine_of(qpath) if own_qty else None,
         )
         with duckdb.get_connection() as conn:
             logic.write_decisions(conn, run, method)
@@ -142,6 +159,7 @@ def retail_decisions(
         elif run.checkpoint is not None:
             run.checkpoint.clear()
         meta["methods"].append(method)
+        meta[f"{method}.quantity_model"] = "adapter" if qpath else "base"
         meta |= {f"{method}.{k}": v for k, v in run.info.items()}
     with duckdb.get_connection() as conn:
         rows = conn.execute("select count(*) from retail_decisions").fetchall()[0][0]

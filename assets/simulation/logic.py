@@ -19,6 +19,7 @@ Readings taken here (docs/tables.md, simulation section):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -245,6 +246,38 @@ def choose_adapter(row: dict[str, Any] | None, model: str, use_adapter: bool) ->
     return path, f"lora_adapters run {row.get('dagster_run_id')}"
 
 
+QUANTITY_SOURCES = ("auto", "adapter", "base")
+
+
+def adapter_trained_quantity(adapter_path: str | Path) -> bool:
+    """Whether the adapter's training carried the quantity answer (train_result.json's quantity_episodes > 0;
+    adapters saved before that field existed were not)."""
+    f = Path(adapter_path, "train_result.json")
+    try:
+        return int(json.loads(f.read_text()).get("quantity_episodes") or 0) > 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+
+
+def quantity_model(adapter_path: str, source: str) -> tuple[str, str]:
+    """(adapter path or "" for the base model, reason) of the model that answers the quantity question.
+    'adapter': the deciding model, 'base': the base model without the adapter, 'auto': the adapter only when
+    its training carried the quantity answer. An adapter trained on choices alone has never seen the
+    quantity question and drifts on it (the 60-minute adapter: median 2, qty_mae 1.43 against the base
+    model's 0.45 on 300 test_all episodes; docs/measurements.md)."""
+    if source not in QUANTITY_SOURCES:
+        raise ValueError(f"quantity_source {source!r}: use one of {QUANTITY_SOURCES}")
+    if not adapter_path:
+        return "", "no adapter: the base model decides"
+    if source == "adapter":
+        return adapter_path, "quantity_source is 'adapter'"
+    if source == "base":
+        return "", "quantity_source is 'base'"
+    if adapter_trained_quantity(adapter_path):
+        return adapter_path, "the adapter was trained on the quantity answer"
+    return "", "the adapter was not trained on the quantity answer (quantity_episodes 0): base model"
+
+
 # ----------------------------------------------------------------------------- the sample
 
 
@@ -456,9 +489,15 @@ class DecisionRun:
     checkpoint: Any = None  # the checkpoint.ChunkStore of a resumable run (cleared once the rows are written)
 
 
-def _stats(engine) -> tuple[float, float]:
-    s = getattr(engine, "stats", None)
-    return (float(getattr(s, "tokens", 0) or 0), float(getattr(s, "seconds", 0) or 0)) if s else (0.0, 0.0)
+def _stats(engine, *more) -> tuple[float, float]:
+    """(tokens, seconds) the engines have counted so far (each distinct engine once)."""
+    tok = sec = 0.0
+    for e in {id(x): x for x in (engine, *more) if x is not None}.values():
+        s = getattr(e, "stats", None)
+        if s:
+            tok += float(getattr(s, "tokens", 0) or 0)
+            sec += float(getattr(s, "seconds", 0) or 0)
+    return tok, sec
 
 
 def load_run_sample(
@@ -473,9 +512,11 @@ def load_run_sample(
     return eps, members, time.perf_counter() - t
 
 
-def decide_chunk(engine, part: list[P.PromptEpisode], settings: DecisionSettings, start: int):
+def decide_chunk(
+    engine, part: list[P.PromptEpisode], settings: DecisionSettings, start: int, qty_engine=None
+):
     """Decide one chunk of episodes (the form and mode of `settings`; `start` seeds sample mode) and the
-    quantity of each top option: a checkpoint.Chunk."""
+    quantity of each top option (asked of `qty_engine` when given, else of `engine`): a checkpoint.Chunk."""
     from assets.simulation.checkpoint import Chunk
 
     style, signals = settings.include_style, settings.include_signals
@@ -499,7 +540,7 @@ def decide_chunk(engine, part: list[P.PromptEpisode], settings: DecisionSettings
         us = decide_listwise(engine, part, style, signals)
     if settings.quantity:
         tops = [top_index(ep, u) for ep, u in zip(part, us, strict=True)]
-        qtys = quantity_distributions(engine, part, tops, style, signals)
+        qtys = quantity_distributions(qty_engine or engine, part, tops, style, signals)
     else:
         qtys = [None] * len(part)
     return Chunk([ep.episode.episode_id for ep in part], list(us), list(qtys), rows, counts)
@@ -517,6 +558,7 @@ def run_decisions(
     checkpoint_dir: Path | str | None = None,
     sample: tuple[list[P.PromptEpisode], pl.DataFrame, float] | None = None,
     deadline: float | None = None,
+    qty_engine=None,
 ) -> DecisionRun:
     """Load the sample (only the named `splits` when given; or take `sample`, load_run_sample's result, and
     leave `conn` unused), decide every episode in chunks (tqdm bar and a log line per chunk), and return the
@@ -527,7 +569,9 @@ def run_decisions(
     `deadline` (a time.monotonic() value): no new chunk is decided after it (saved chunks are still read).
     A run stopped so keeps the protocol's sample at the largest smaller N it completed: for every split
     the episodes of md5 rank below the first undecided episode's best rank (all decided, since episodes
-    come in that order); info['complete'] is False and the checkpoint is left for the next run."""
+    come in that order); info['complete'] is False and the checkpoint is left for the next run.
+
+    `qty_engine`: the model that answers the quantity question when it is not `engine` (quantity_model)."""
     from tqdm.auto import tqdm
 
     if settings.form not in FORMS:
@@ -548,7 +592,7 @@ def run_decisions(
                 f"{Path(checkpoint_dir).name}-{episodes_key([ep.episode.episode_id for ep in eps])}"
             )
         )
-    tok0, sec0 = _stats(engine)
+    tok0, sec0 = _stats(engine, qty_engine)
     t0 = time.perf_counter()
     utilities: list[np.ndarray] = []
     qtys: list[tuple[float, float] | None] = []
@@ -565,7 +609,7 @@ def run_decisions(
                 log(f"retail_decisions: time budget spent after {start}/{len(eps)} episodes of {method}")
                 break
             if saved is None:
-                saved = decide_chunk(engine, part, settings, start)
+                saved = decide_chunk(engine, part, settings, start, qty_engine)
                 if store is not None:
                     store.save(start, saved)
             else:
@@ -581,7 +625,7 @@ def run_decisions(
             resumed = f" ({n_resumed} from the checkpoint)" if n_resumed else ""
             log(f"retail_decisions: {done}/{len(eps)} episodes{resumed}, {rate:.2f} decisions/s")
     seconds = time.perf_counter() - t0
-    tok1, sec1 = _stats(engine)
+    tok1, sec1 = _stats(engine, qty_engine)
     n_planned, n_done = len(eps), len(utilities)
     if n_done < n_planned:
         best = best_ranks(members)
