@@ -103,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_config["ops"][ingest_op_name(job)] = {"config": ingest_config}
     for override in args.config or []:
         _apply_override(run_config, override)
+    check_run_config(run_config)
     console.print(f"[bold]malles run[/bold]: job {args.job}, profile {args.profile}, source {args.source}")
     if asset_keys is not None:
         console.print(f"  assets     {', '.join(sorted(op_names))}")
@@ -154,6 +155,28 @@ def _apply_override(run_config: dict, override: str) -> None:
     run_config.setdefault("ops", {}).setdefault(op, {}).setdefault("config", {})[field] = yaml.safe_load(
         value
     )
+
+
+def check_run_config(run_config: dict) -> None:
+    """Settings that would fail a step after the hours before it fail here, as one line, before anything
+    runs: the agents' forms, variants, periods and quantity_source."""
+    cfg = run_config.get("ops", {}).get("retail_decisions", {}).get("config")
+    if cfg is None:
+        return
+    from pydantic import ValidationError
+
+    from assets.simulation import RetailDecisionsConfig
+    from assets.simulation import logic as S
+
+    try:
+        full = RetailDecisionsConfig(**cfg).model_dump()
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(
+            f"retail_decisions.{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (see --config)"
+        ) from None
+    S.plan_decision_runs(full)
+    S.quantity_model("", full["quantity_source"])
 
 
 # --------------------------------------------------------------------------- ingest

@@ -174,3 +174,24 @@ def test_results_of_a_partial_or_reportless_run(data_dir):
     console = Console(record=True, width=200)
     print_results(console, _fake_result({"baseline_report": {}}), data_dir, 1.0)  # no warehouse: named
     assert "(no baseline_metrics table" in console.export_text()
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("retail_decisions.quantity_source=adapters", "quantity_source 'adapters': use one of"),
+        ("retail_decisions.form=letters", "form 'letters': use one of"),
+        ("retail_decisions.variants=[aligned_utilty]", "aligned_utilty"),
+        ("retail_decisions.n_per_split=many", "retail_decisions.n_per_split"),
+    ],
+)
+def test_bad_agent_settings_fail_before_the_run_starts(data_dir, capsys, monkeypatch, override, says):
+    import dagster as dg
+
+    def no_run(*a, **kw):
+        raise AssertionError("a run was started")
+
+    monkeypatch.setattr(dg.DagsterInstance, "get", no_run)
+    code = main(["run", "--select", "retail_decisions", "--config", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and says in err and "\n" not in err
