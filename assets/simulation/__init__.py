@@ -77,7 +77,9 @@ def retail_decisions(
     llm: LLMResource,
 ) -> dg.MaterializeResult:
     """The LLM retail agents' decisions on EVALUATION.md's sample episodes: per option the utility, the choice
-    probability (softmax over the choice set), the top choice and the expected quantity of the top option.
+    probability (softmax over the choice set), the top choice and the quantity distribution of the top option
+    (asked of the adapter only when its training carried the quantity answer, else of the base model:
+    quantity_source).
     First the primary method (aligned utility form by default) on N episodes per split of val and test, then
     each variant (zero-shot, listwise, ablations) on the smaller variant sample. Rows of each method replace
     its earlier rows in retail_decisions / retail_decision_episodes. Episodes are decided in md5-sample order
