@@ -108,3 +108,23 @@ def test_within_episode_correlation_ignores_episode_means():
         }
     )
     assert C.within_episode_corr(df, "x", "y") == pytest.approx(-1.0)
+
+
+def test_a_hybrid_on_lgbm_uses_lgbm_scores_and_is_named_for_it():
+    d, b, o = _market(1500, llm_signal=1.0)
+    # lgbm's score: the true index s plus what only the LLM sees, so the LLM adds nothing beyond it
+    z = d.select("episode_id", "product_id", (pl.col("utility") / 2.0).alias("z"))
+    lg = (
+        b.join(z, on=["episode_id", "product_id"])
+        .with_columns(method=pl.lit("lgbm"), score=pl.col("score") + pl.col("z"))
+        .drop("z")
+    )
+    both = pl.concat([b, lg])
+    on_logit = C.fit_hybrid("llm_m", C.paired_frame(d, both, o))
+    on_lgbm = C.fit_hybrid("llm_m", C.paired_frame(d, both, o, "lgbm"), "lgbm")
+    assert on_logit.coef_llm == pytest.approx(0.5, abs=0.1)  # the logit misses z: the LLM adds it
+    assert abs(on_lgbm.coef_llm) < 0.1 and on_lgbm.coef_base == pytest.approx(1.0, abs=0.15)
+    assert on_lgbm.corr_llm_base > 0.5
+    assert (on_logit.method, on_lgbm.method) == ("hybrid_llm_m", "hybrid_lgbm_llm_m")
+    meta = on_lgbm.as_metadata()
+    assert "hybrid_lgbm_llm_m.coef_lgbm" in meta and "hybrid_lgbm_llm_m.corr_llm_lgbm" in meta

@@ -244,6 +244,32 @@ def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
     conn.close()
 
 
+def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
+    run = S.run_decisions(conn, engine, S.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None)
+    S.write_decisions(conn, run, "llm_x")
+    rows = conn.execute(
+        "select episode_id, product_id, score from baseline_predictions where method = 'always_p1'"
+    ).fetchall()
+    for e, p, score in rows:  # lgbm here prefers p3 (the reverse of always_p1)
+        _q(
+            conn,
+            "insert into baseline_predictions values ('lgbm', $e, $p, $s, null)",
+            {"e": e, "p": p, "s": -score},
+        )
+    metrics, fits = S.build_report(conn, log=lambda _: None)
+    assert [(f.method, f.base_method) for f in fits] == [
+        ("hybrid_llm_x", "clogit"),
+        ("hybrid_lgbm_llm_x", "lgbm"),
+    ]
+    hyb = metrics.filter(method="hybrid_lgbm_llm_x")
+    assert set(hyb["kind"]) == {"hybrid"} and "val" not in set(hyb["split"]) and hyb.height == 3
+    # one val episode is too few to fit: the hybrid is lgbm itself, so its hit@1 is lgbm's (p3 chosen once)
+    lg = metrics.filter(method="lgbm", split="test_all")["hit1"][0]
+    assert hyb.filter(split="test_all")["hit1"][0] == pytest.approx(lg) == pytest.approx(1 / 4)
+    assert "s_lgbm" in S.report_markdown(metrics, fits)
+    conn.close()
+
+
 def test_report_without_decisions_or_baselines(tmp_path):
     conn = duckdb.connect(str(tmp_path / "e.duckdb"))
     metrics, fits = S.build_report(conn, log=lambda _: None)
@@ -590,3 +616,26 @@ def test_asset_sends_the_quantity_to_the_base_model_for_a_choice_only_adapter(
     (adapter / "train_result.json").write_text('{"quantity_episodes": 5}')
     meta, learnt = run("auto")
     assert meta["quantity_model"].value == "adapter" and learnt == own
+
+
+def test_gap_lines_set_the_llm_alone_and_the_best_hybrid_against_the_best_baseline():
+    rows = [  # (split, method, kind, hit1)
+        ("test_all", "llm_a", "llm", 0.50),
+        ("test_all", "hybrid_llm_a", "hybrid", 0.55),
+        ("test_all", "hybrid_lgbm_llm_a", "hybrid", 0.62),
+        ("test_all", "lgbm", "baseline", 0.60),
+        ("test_all", "clogit", "baseline", 0.58),
+        ("val", "llm_a", "llm", 0.40),
+        ("val", "lgbm", "baseline", 0.45),
+    ]
+    m = pl.DataFrame(rows, schema=["split", "method", "kind", "hit1"], orient="row").with_columns(
+        n_episodes=pl.lit(100), sample=pl.lit("main")
+    )
+    lines = S.gap_lines(m)
+    assert (
+        lines[0] == "- val (n=100): best LLM llm_a 0.4000 vs best baseline lgbm 0.4500: LLM behind by 0.0500"
+    )
+    assert lines[1] == (
+        "- test_all (n=100): best LLM llm_a 0.5000, best hybrid hybrid_lgbm_llm_a 0.6200 vs best baseline "
+        "lgbm 0.6000: LLM behind by 0.1000, hybrid ahead by 0.0200"
+    )

@@ -185,8 +185,9 @@ def eval_report(
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Metrics (EVALUATION.md) of the LLM methods of retail_decisions per split, the calibrated hybrid of the
-    primary (a * u_llm + b * s_clogit fitted on its val episodes) and sample mode's stability, beside the
+    """Metrics (EVALUATION.md) of the LLM methods of retail_decisions per split, the calibrated hybrids of the
+    primary (a * u_llm + b * s_clogit fitted on its val episodes, and the same on lgbm's score: does the LLM
+    add to the best classic model?) and sample mode's stability, beside the
     baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample):
     table eval_metrics, markdown, hit@1 plot, MLflow."""
     out_dir = data_dir() / "simulation" / context.run.run_id

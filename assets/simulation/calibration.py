@@ -6,7 +6,9 @@ The hybrid's utility of an option is
 
 where u_llm is the language model's utility (log P(Yes) - log P(No), retail_decisions) and s_clogit the
 classic conditional logit's linear index on the structured option features (baseline_predictions, fitted on
-train episodes). a and b are fitted by maximum likelihood (a conditional logit with two features) on the
+train episodes). The same fit on lightgbm's ranking score instead of the logit's index (hybrid_lgbm_*) asks
+whether the language model adds anything to the best classic model (lgbm also used val for its early
+stopping and temperature, so its val scores are slightly optimistic; the test splits stay clean). a and b are fitted by maximum likelihood (a conditional logit with two features) on the
 validation episodes that both have; b also plays the temperature of the classic logit. a = 0, b = 1 is the
 classic logit itself, so the hybrid can only add what the language model knows beyond the features; with
 few validation episodes the fit shrinks a towards 0 and b towards 1 (a weak Gaussian prior), so noise on val
@@ -28,6 +30,7 @@ import polars as pl
 from assets.evaluation.clogit import fit_clogit, group_softmax
 
 BASE_METHOD = "clogit"  # the classic logit whose index the hybrid contains
+HYBRID_BASES = ("clogit", "lgbm")  # the classic scores a hybrid is fitted on (each when present)
 PRIOR_L2 = 1.0  # prior precision (summed log-likelihood units): weak against 100+ val episodes
 
 
@@ -36,21 +39,22 @@ class HybridFit:
     """The fitted hybrid of one LLM method: coefficients, their standard errors, and what it was fit on."""
 
     llm_method: str
+    base_method: str = BASE_METHOD
     coef_llm: float = 0.0
     coef_base: float = 1.0
     se_llm: float | None = None
     se_base: float | None = None
     n_val_episodes: int = 0
     loglik: float = float("nan")
-    loglik_base: float = float("nan")  # the classic logit's log-likelihood on the same val episodes
-    corr_llm_base: float = float("nan")  # within-episode correlation of u_llm and s_clogit (val)
+    loglik_base: float = float("nan")  # the base method's log-likelihood on the same val episodes
+    corr_llm_base: float = float("nan")  # within-episode correlation of u_llm and the base score (val)
     converged: bool = False
     message: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
-        return hybrid_name(self.llm_method)
+        return hybrid_name(self.llm_method, self.base_method)
 
     def as_metadata(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -58,24 +62,27 @@ class HybridFit:
 
         return {
             f"{self.method}.coef_llm": r(self.coef_llm),
-            f"{self.method}.coef_{BASE_METHOD}": r(self.coef_base),
+            f"{self.method}.coef_{self.base_method}": r(self.coef_base),
             f"{self.method}.se_llm": r(self.se_llm),
             f"{self.method}.n_val_episodes": self.n_val_episodes,
             f"{self.method}.val_loglik_gain": r(self.loglik - self.loglik_base),
-            f"{self.method}.corr_llm_{BASE_METHOD}": r(self.corr_llm_base),
+            f"{self.method}.corr_llm_{self.base_method}": r(self.corr_llm_base),
         }
 
 
-def hybrid_name(llm_method: str) -> str:
-    """hybrid_<llm method> (e.g. hybrid_llm_aligned_utility)."""
-    return f"hybrid_{llm_method}"
+def hybrid_name(llm_method: str, base_method: str = BASE_METHOD) -> str:
+    """hybrid_<llm method> on the logit (e.g. hybrid_llm_aligned_utility), hybrid_<base>_<llm method> on
+    another classic score (hybrid_lgbm_llm_aligned_utility)."""
+    return f"hybrid_{llm_method}" if base_method == BASE_METHOD else f"hybrid_{base_method}_{llm_method}"
 
 
-def paired_frame(decisions: pl.DataFrame, baselines: pl.DataFrame, options: pl.DataFrame) -> pl.DataFrame:
+def paired_frame(
+    decisions: pl.DataFrame, baselines: pl.DataFrame, options: pl.DataFrame, base_method: str = BASE_METHOD
+) -> pl.DataFrame:
     """One row per option of the episodes where the LLM scored every option and the base method scored
     every option: episode_id, product_id, is_chosen, u_llm, s_base; sorted by episode and position."""
     llm = decisions.select("episode_id", "product_id", pl.col("utility").alias("u_llm"))
-    base = baselines.filter(pl.col("method") == BASE_METHOD).select(
+    base = baselines.filter(pl.col("method") == base_method).select(
         "episode_id", "product_id", pl.col("score").alias("s_base")
     )
     df = (
@@ -117,13 +124,14 @@ def within_episode_corr(df: pl.DataFrame, a: str, b: str) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def fit_hybrid(llm_method: str, val: pl.DataFrame) -> HybridFit:
-    """Fit a, b on the val episodes of `val` (a paired_frame); with none, the classic logit (a=0, b=1)."""
-    fit = HybridFit(llm_method=llm_method)
+def fit_hybrid(llm_method: str, val: pl.DataFrame, base_method: str = BASE_METHOD) -> HybridFit:
+    """Fit a, b on the val episodes of `val` (a paired_frame on `base_method`); with none, the base method
+    itself (a=0, b=1)."""
+    fit = HybridFit(llm_method=llm_method, base_method=base_method)
     n = val["episode_id"].n_unique() if val.height else 0
     fit.n_val_episodes = int(n)
     if n < 2:
-        fit.message = f"{n} validation episodes with both utilities: the hybrid is the classic logit"
+        fit.message = f"{n} validation episodes with both utilities: the hybrid is {base_method}"
         return fit
     offsets, chosen = _layout(val)
     X = val.select("u_llm", "s_base").to_numpy().astype(np.float64)
@@ -134,7 +142,7 @@ def fit_hybrid(llm_method: str, val: pl.DataFrame) -> HybridFit:
         chosen,
         l2=PRIOR_L2,  # penalty on the summed log-likelihood: about one pseudo-episode at the prior
         prior_mean=prior,
-        feature_names=["u_llm", f"s_{BASE_METHOD}"],
+        feature_names=["u_llm", f"s_{base_method}"],
     )
     fit.coef_llm, fit.coef_base = float(res.coef[0]), float(res.coef[1])
     if res.se is not None:

@@ -872,26 +872,32 @@ def stability(samples: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
 
 
 def gap_lines(metrics: pl.DataFrame, metric: str = "hit1") -> list[str]:
-    """Per split: the best LLM method against the best baseline on `metric` (higher is better)."""
+    """Per split: the best LLM method alone and the best calibrated hybrid, each against the best baseline
+    on `metric` (higher is better)."""
     lines = []
     if "sample" in metrics.columns:
         metrics = metrics.filter(pl.col("sample") == "main")
     for split in SPLITS:
         part = metrics.filter((pl.col("split") == split) & pl.col(metric).is_not_null())
-        llm = part.filter(pl.col("kind") != "baseline").sort(metric, descending=True)
-        base = part.filter(pl.col("kind") == "baseline").sort(metric, descending=True)
-        if llm.height == 0:
+        best = {
+            kind: part.filter(pl.col("kind") == kind).sort(metric, descending=True)
+            for kind in ("llm", "hybrid", "baseline")
+        }
+        if best["llm"].height == 0 and best["hybrid"].height == 0:
             continue
-        a = llm.row(0, named=True)
-        if base.height == 0:
-            lines.append(f"- {split}: best LLM {a['method']} {metric} {a[metric]:.4f} (no baseline rows)")
+        mine = [(k, best[k].row(0, named=True)) for k in ("llm", "hybrid") if best[k].height]
+        n = mine[0][1]["n_episodes"]
+        said = ", ".join(f"best {'LLM' if k == 'llm' else k} {r['method']} {r[metric]:.4f}" for k, r in mine)
+        if best["baseline"].height == 0:
+            lines.append(f"- {split} (n={n}): {said} (no baseline rows)")
             continue
-        b = base.row(0, named=True)
-        verdict = "LLM ahead" if a[metric] > b[metric] else "LLM behind"
-        lines.append(
-            f"- {split} (n={a['n_episodes']}): best LLM {a['method']} {a[metric]:.4f} vs best baseline "
-            f"{b['method']} {b[metric]:.4f}: {verdict} by {abs(a[metric] - b[metric]):.4f}"
+        b = best["baseline"].row(0, named=True)
+        gaps = ", ".join(
+            f"{'LLM' if k == 'llm' else k} {'ahead' if r[metric] > b[metric] else 'behind'} by "
+            f"{abs(r[metric] - b[metric]):.4f}"
+            for k, r in mine
         )
+        lines.append(f"- {split} (n={n}): {said} vs best baseline {b['method']} {b[metric]:.4f}: {gaps}")
     return lines
 
 
@@ -908,12 +914,13 @@ def report_markdown(metrics: pl.DataFrame, fits: list | None = None) -> str:
     cols = ["method", "kind", "n_episodes", *METRIC_NAMES]
     if metrics.height and metrics["top1_agreement"].is_not_null().any():
         cols += ["top1_agreement", "share_cv"]
-    out = ["**best LLM vs best baseline (hit@1, main sample)**", "", *gap_lines(metrics), ""]
+    out = ["**best LLM and best hybrid vs best baseline (hit@1, main sample)**", "", *gap_lines(metrics), ""]
     for fit in fits or []:
         out.append(
-            f"- {fit.method}: u = {fit.coef_llm:.3f} * u_llm + {fit.coef_base:.3f} * s_clogit, fitted on "
-            f"{fit.n_val_episodes} val episodes (val log-lik gain over the logit {fit.loglik - fit.loglik_base:+.2f}); "
-            f"within-episode corr(u_llm, s_clogit) = {fit.corr_llm_base:.3f}"
+            f"- {fit.method}: u = {fit.coef_llm:.3f} * u_llm + {fit.coef_base:.3f} * s_{fit.base_method}, fitted "
+            f"on {fit.n_val_episodes} val episodes (val log-lik gain over {fit.base_method} "
+            f"{fit.loglik - fit.loglik_base:+.2f}); within-episode corr(u_llm, s_{fit.base_method}) = "
+            f"{fit.corr_llm_base:.3f}"
         )
     if fits:
         out.append("")
@@ -1013,16 +1020,20 @@ def build_report(
     test_ids = main_members.filter(pl.col("split") != "val")["episode_id"]
     fits: list[HybridFit] = []
     hybrids: list[pl.DataFrame] = []
+    # the logit's hybrid always (without clogit rows it says so and scores nothing); the others when present
+    present = set(baselines["method"].unique().to_list()) if baselines.height else set()
+    bases = [C.BASE_METHOD, *(b for b in C.HYBRID_BASES if b != C.BASE_METHOD and b in present)]
     for method in main_methods:
         mine = decisions.filter(pl.col("method") == method)
-        paired = C.paired_frame(mine, baselines, options)
-        fit = C.fit_hybrid(method, paired.filter(pl.col("episode_id").is_in(val_ids)))
-        fits.append(fit)
-        hybrids.append(C.hybrid_rows(fit, paired.filter(pl.col("episode_id").is_in(test_ids)), mine))
-        log(
-            f"eval_report: {fit.method} = {fit.coef_llm:.3f} u_llm + {fit.coef_base:.3f} s_clogit on "
-            f"{fit.n_val_episodes} val episodes; corr(u_llm, s_clogit) {fit.corr_llm_base:.3f}"
-        )
+        for base in bases:
+            paired = C.paired_frame(mine, baselines, options, base)
+            fit = C.fit_hybrid(method, paired.filter(pl.col("episode_id").is_in(val_ids)), base)
+            fits.append(fit)
+            hybrids.append(C.hybrid_rows(fit, paired.filter(pl.col("episode_id").is_in(test_ids)), mine))
+            log(
+                f"eval_report: {fit.method} = {fit.coef_llm:.3f} u_llm + {fit.coef_base:.3f} s_{base} on "
+                f"{fit.n_val_episodes} val episodes; corr(u_llm, s_{base}) {fit.corr_llm_base:.3f}"
+            )
     with_hybrids = pl.concat([decisions, *hybrids]) if hybrids else decisions
     log(
         f"eval_report: main sample {main_members['episode_id'].n_unique()} episodes ({', '.join(main_methods)}), "
