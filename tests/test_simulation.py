@@ -442,6 +442,47 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkey
     assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)
 
 
+def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
+    tiny_model, duckdb_resource, mlflow_resource, monkeypatch
+):
+    import time
+
+    from assets.simulation import RetailDecisionsConfig, retail_decisions
+    from resources.llm import LLMResource
+
+    build_warehouse(duckdb_resource.database)
+    run_decisions, decided = S.run_decisions, []
+
+    def variant_out_of_time(*a, **kw):  # the time budget runs out when the variant starts
+        if a[3] == "llm_zero_shot_listwise" and len(decided) == 1:  # in the first materialization
+            kw["deadline"] = time.monotonic() - 1
+        out = run_decisions(*a, **kw)
+        decided.append((a[3], out.info["n_resumed"], out.info["complete"]))
+        return out
+
+    monkeypatch.setattr(S, "run_decisions", variant_out_of_time)
+    config = RetailDecisionsConfig(
+        n_per_split=0, variants=["zero_shot_listwise"], variant_n=2, variant_splits=["test_all"]
+    )
+    resources = {
+        "duckdb": duckdb_resource,
+        "mlflow": mlflow_resource,
+        "llm": LLMResource(model=str(tiny_model)),
+    }
+    run = lambda: dg.materialize(  # noqa: E731
+        [retail_decisions], resources=resources, run_config=dg.RunConfig({"retail_decisions": config})
+    )
+    first = run()
+    assert first.success
+    assert first.asset_materializations_for_node("retail_decisions")[0].metadata["complete"].value is False
+    assert decided == [("llm_zero_shot_utility", 0, True), ("llm_zero_shot_listwise", 0, False)]
+    second = run()  # the primary comes from its checkpoint, kept because the run was not complete
+    assert decided[2:] == [("llm_zero_shot_utility", 5, True), ("llm_zero_shot_listwise", 0, True)]
+    assert second.asset_materializations_for_node("retail_decisions")[0].metadata["complete"].value is True
+    ckpts = Path(duckdb_resource.database).parent / "simulation" / "checkpoints"
+    assert not any(ckpts.glob("*/*.json"))  # every method finished: now the checkpoints are gone
+
+
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
     tiny_model, duckdb_resource, mlflow_resource
 ):

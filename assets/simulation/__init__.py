@@ -56,7 +56,8 @@ class RetailDecisionsConfig(dg.Config):
     seed: int = 0  # the protocol's seed of the md5 sample
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
     # save each decided chunk under data/simulation/checkpoints/ and, when materialized again after a stop,
-    # go on from the chunks already decided (same method, settings, model, adapter and episodes)
+    # go on from the chunks already decided (same method, settings, model, adapter and episodes); they are
+    # cleared once every method of the run has finished
     resume: bool = True
     # stop deciding after this many minutes (0 = no limit) and write what is complete: every split keeps
     # the protocol's sample at the largest N decided; materialize again to go on from the checkpoint
@@ -89,6 +90,9 @@ def retail_decisions(
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes > 0 else None
     meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model, "complete": True}
     engines: dict[str, object] = {}
+    # the checkpoints of finished methods are cleared only when every method finished: a run stopped in a
+    # variant goes on next time without deciding the primary again
+    done_checkpoints: list = []
     # the warehouse is opened only to read each sample and to write each method's rows: the hours of
     # deciding in between leave it free for other runs and the UI
     with duckdb.get_connection() as conn:
@@ -159,10 +163,13 @@ def retail_decisions(
                 "(the md5 sample at a smaller N); materialize again to go on from the checkpoint"
             )
         elif run.checkpoint is not None:
-            run.checkpoint.clear()
+            done_checkpoints.append(run.checkpoint)
         meta["methods"].append(method)
         meta[f"{method}.quantity_model"] = "adapter" if qpath else "base"
         meta |= {f"{method}.{k}": v for k, v in run.info.items()}
+    if meta["complete"]:
+        for store in done_checkpoints:
+            store.clear()
     with duckdb.get_connection() as conn:
         rows = conn.execute("select count(*) from retail_decisions").fetchall()[0][0]
         meta |= {"dagster/row_count": int(rows)}
