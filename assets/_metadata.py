@@ -65,8 +65,11 @@ def artifact_metadata(path: str | Path) -> dict[str, Any]:
 
 
 @cache
+@cache
 def code_version() -> str:
-    """The git commit of the project (with '+dirty' when the tree has changes), or 'unknown'."""
+    """The git commit of the project (with '+dirty' when the tree has changes), or 'unknown'. Read once per
+    process (pipelines/definitions.py asks at import): a commit made while a run of hours is going on is not
+    the code that run executes."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True

@@ -16,6 +16,7 @@ from pipelines.env import set_offline_env
 set_offline_env()
 
 from assets import alignment, evaluation, features, ingest, prompts, simulation  # noqa: E402
+from assets._metadata import code_version  # noqa: E402
 from assets.ingest import synth_asset  # noqa: E402
 from pipelines.jobs import JOBS  # noqa: E402
 from pipelines.schedules import SCHEDULES  # noqa: E402
@@ -46,6 +47,8 @@ def build_resources(env: str) -> dict:
 
 
 RESOURCE_ENVS = ("local", "gpu")
+
+code_version()  # the commit this process runs, read now rather than when a long run logs
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(STAGE_MODULES),

@@ -120,3 +120,17 @@ def test_unknown_profile_is_a_clear_error():
 
     with pytest.raises(ValueError, match="use one of quick, full"):
         profile_run_config("huge", set())
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    import subprocess
+
+    from assets._metadata import code_version
+
+    first = code_version()  # read when the definitions were imported
+
+    def no_git(*a, **kw):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert code_version() == first and first
