@@ -65,7 +65,6 @@ def artifact_metadata(path: str | Path) -> dict[str, Any]:
 
 
 @cache
-@cache
 def code_version() -> str:
     """The git commit of the project (with '+dirty' when the tree has changes), or 'unknown'. Read once per
     process (pipelines/definitions.py asks at import): a commit made while a run of hours is going on is not
