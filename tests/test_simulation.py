@@ -481,6 +481,32 @@ def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
     assert second.asset_materializations_for_node("retail_decisions")[0].metadata["complete"].value is True
     ckpts = Path(duckdb_resource.database).parent / "simulation" / "checkpoints"
     assert not any(ckpts.glob("*/*.json"))  # every method finished: now the checkpoints are gone
+    # primary=false adds a variant to this evaluation without deciding the primary again
+    only = config.model_copy(update={"primary": False, "variants": ["zero_shot_utility_no_style"]})
+    third = dg.materialize(
+        [retail_decisions], resources=resources, run_config=dg.RunConfig({"retail_decisions": only})
+    )
+    assert third.success and decided[4:] == [("llm_zero_shot_utility_no_style", 0, True)]
+    assert third.asset_materializations_for_node("retail_decisions")[0].metadata["methods"].value == [
+        "llm_zero_shot_utility_no_style"
+    ]
+    with duckdb_resource.get_connection() as conn:
+        methods = conn.execute(
+            "select method, count(distinct episode_id) from retail_decision_episodes group by all order by all"
+        ).fetchall()
+    assert methods == [
+        ("llm_zero_shot_listwise", 2), ("llm_zero_shot_utility", 5), ("llm_zero_shot_utility_no_style", 2)
+    ]  # fmt: skip
+
+
+def test_plan_without_the_primary_decides_only_the_variants():
+    runs = S.plan_decision_runs({"primary": False, "variants": ["aligned_utility_no_style"], "variant_n": 5})
+    assert [(r.settings.include_style, r.splits, r.settings.n_per_split) for r in runs] == [
+        (False, ["test_all"], 5)
+    ]
+    assert len(S.plan_decision_runs({"variants": ["aligned_utility_no_style"]})) == 2
+    with pytest.raises(ValueError, match="nothing to decide"):
+        S.plan_decision_runs({"primary": False, "variants": []})
 
 
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(

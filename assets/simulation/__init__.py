@@ -50,6 +50,9 @@ class RetailDecisionsConfig(dg.Config):
         "aligned_utility_no_style",
         "aligned_utility_no_signals",
     ]
+    # False: decide only the variants (add or finish one on an evaluation whose primary is decided); the
+    # primary's rows stay as they are
+    primary: bool = True
     variant_n: int = 16  # episodes per variant split (a prefix of the md5 sample: a subset of the primary's;
     # quick: 16 leaves the 25 minutes to training; full: 200)
     variant_splits: list[str] = ["test_all"]  # splits the variants decide (full profile: all test splits)
@@ -82,7 +85,8 @@ def retail_decisions(
     (asked of the adapter only when its training carried the quantity answer, else of the base model:
     quantity_source).
     First the primary method (aligned utility form by default) on N episodes per split of val and test, then
-    each variant (zero-shot, listwise, ablations) on the smaller variant sample. Rows of each method replace
+    each variant (zero-shot, listwise, ablations) on the smaller variant sample (primary=false: the variants
+    only). Rows of each method replace
     its earlier rows in retail_decisions / retail_decision_episodes. Episodes are decided in md5-sample order
     and checkpointed per chunk: a stopped run goes on where it stopped (resume), and max_minutes writes the
     protocol's sample at the largest N completed (metadata complete: false)."""

@@ -137,8 +137,9 @@ class PlannedRun:
 
 def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
     """The primary method (config's form, use_adapter, switches; N per split of its periods), then each of
-    config['variants'] on variant_n episodes of variant_splits. Bad names are one-line errors before any
-    model is loaded."""
+    config['variants'] on variant_n episodes of variant_splits. With config['primary'] false only the
+    variants run (the primary's rows stay as they are). Bad names are one-line errors before any model is
+    loaded."""
     keys = ("quantity", "seed", "chunk_episodes", "budget_tokens", "k", "runs", "temperature")
     base = {k: config[k] for k in keys if k in config}
     primary = DecisionSettings(
@@ -162,6 +163,12 @@ def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
             period=periods, n_per_split=int(config.get("variant_n", 30)), **parts, **base
         )
         runs.append(PlannedRun(settings, aligned, splits))
+    if not config.get("primary", True):
+        if len(runs) == 1:
+            raise ValueError(
+                "primary=false and no variants: nothing to decide (name variants or set primary)"
+            )
+        runs = runs[1:]
     return runs
 
 
