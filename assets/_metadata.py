@@ -112,7 +112,30 @@ def _numeric(metadata: dict[str, Any]) -> dict[str, float]:
         raw = getattr(value, "value", value)
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             continue
-        out["".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)] = float(raw)
+        out[_clean_key(key)] = float(raw)
+    return out
+
+
+def _clean_key(key: str) -> str:
+    """A metadata key as MLflow accepts it (alphanumerics, _ - . / and spaces)."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def _short_texts(metadata: dict[str, Any], limit: int = 500) -> dict[str, str]:
+    """The short texts of a metadata dict (plain strings, text and path values, lists of strings), as MLflow
+    tags "meta.<key>": the model, adapter, backend and source runs travel with the MLflow run, not only with
+    the Dagster event. Markdown, JSON and tables stay in Dagster."""
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, dg.MetadataValue) and not isinstance(
+            value, dg.TextMetadataValue | dg.PathMetadataValue
+        ):
+            continue
+        raw = getattr(value, "value", value)
+        if type(raw) in (list, tuple) and all(isinstance(x, str) for x in raw):  # not records
+            raw = ", ".join(raw)
+        if isinstance(raw, str) and len(raw) <= limit:
+            out["meta." + _clean_key(key)] = raw
     return out
 
 
@@ -124,12 +147,13 @@ def log_asset_run(
     params: dict[str, Any] | None = None,
     artifacts: list[str | Path] = (),
 ) -> dict[str, Any]:
-    """Log one asset's materialization to MLflow (its numeric metadata as metrics, its config as params,
-    lineage as tags) and return the metadata that links the Dagster event to that MLflow run."""
+    """Log one asset's materialization to MLflow (its numeric metadata as metrics, its short texts as
+    "meta." tags, its config as params, lineage as tags) and return the metadata that links the Dagster
+    event to that MLflow run."""
     import mlflow as mlflow_lib
 
     tags = lineage(context, conn)
-    with mlflow.start_run(run_name=tags["dagster_asset"], tags=tags) as run:
+    with mlflow.start_run(run_name=tags["dagster_asset"], tags={**_short_texts(metadata), **tags}) as run:
         if params:
             mlflow_lib.log_params({k: str(v)[:500] for k, v in params.items()})
         numbers = _numeric(metadata)

@@ -440,6 +440,15 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkey
         ).fetchall()[0][0]
     assert [round(p[0], 9) for p in probs] == [1.0] * 7 and n == 11
     assert len(variant_eps) == 2 and set(variant_eps) <= set(TEST_CHOSEN)
+    # lineage: eval_report names the run behind each LLM row; that run's MLflow entry names the model
+    assert rmeta["source_run.llm_zero_shot_listwise"].value == result.run_id
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_resource.resolved_tracking_uri())
+    run = client.get_run(meta["mlflow_run_id"].value)
+    assert run.data.tags["meta.model"] == str(tiny_model) and run.data.tags["meta.adapter"] == "none"
+    assert run.data.tags["meta.methods"] == "llm_zero_shot_utility, llm_zero_shot_listwise"
+    assert "meta.metrics" not in client.get_run(rmeta["mlflow_run_id"].value).data.tags  # markdown stays
 
 
 def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(

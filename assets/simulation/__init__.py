@@ -200,7 +200,8 @@ def eval_report(
     primary (a * u_llm + b * s_clogit fitted on its val episodes, and the same on lgbm's score: does the LLM
     add to the best classic model?) and sample mode's stability, beside the
     baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample):
-    table eval_metrics, markdown, hit@1 plot, MLflow."""
+    table eval_metrics, markdown, hit@1 plot, MLflow; source_run.<method> names the retail_decisions run
+    each method's rows come from."""
     out_dir = data_dir() / "simulation" / context.run.run_id
     with duckdb.get_connection() as conn:
         metrics, fits = logic.build_report(conn, config.methods or None, log=context.log.info)
@@ -221,6 +222,11 @@ def eval_report(
                 for k, v in logic.headline_metrics(metrics.filter(pl.col("sample") == "variants")).items()
             },
             **{k: v for fit in fits for k, v in fit.as_metadata().items()},
+            # lineage: the retail_decisions run behind each LLM row (its metadata names model and adapter)
+            **{
+                f"source_run.{method}": dg.MetadataValue.text(runs)
+                for method, runs in logic.decision_sources(conn).items()
+            },
         }
         meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump(), artifacts=[plot, csv])
     return dg.MaterializeResult(metadata=meta)

@@ -992,6 +992,14 @@ def plot_hit1(metrics: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def decision_sources(conn) -> dict[str, str]:
+    """method -> the Dagster run ids its rows in retail_decisions come from (comma-separated); {} before any
+    decision."""
+    if not table_exists(conn, "retail_decision_episodes"):
+        return {}
+    return dict(conn.execute(load_sql("simulation/select_decision_sources")).fetchall())
+
+
 def build_report(
     conn, methods: list[str] | None = None, log: Callable[[str], None] = print
 ) -> tuple[pl.DataFrame, list[HybridFit]]:
