@@ -86,10 +86,10 @@ def retail_decisions(
     quantity_source).
     First the primary method (aligned utility form by default) on N episodes per split of val and test, then
     each variant (zero-shot, listwise, ablations) on the smaller variant sample (primary=false: the variants
-    only). Rows of each method replace
-    its earlier rows in retail_decisions / retail_decision_episodes. Episodes are decided in md5-sample order
-    and checkpointed per chunk: a stopped run goes on where it stopped (resume), and max_minutes writes the
-    protocol's sample at the largest N completed (metadata complete: false)."""
+    only). Rows of each method replace its earlier rows in retail_decisions / retail_decision_episodes.
+    Episodes are decided in md5-sample order and checkpointed per chunk: a stopped run goes on where it
+    stopped (resume), and max_minutes writes the protocol's sample at the largest N completed (metadata
+    complete: false)."""
     runs = logic.plan_decision_runs(config.model_dump())
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes > 0 else None
     meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model, "complete": True}
