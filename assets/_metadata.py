@@ -1,4 +1,4 @@
-"""The standard Dagster metadata every asset emits (CONVENTIONS.md section 7) and lineage tags."""
+"""The standard Dagster metadata every asset emits (docs/conventions.md section 7) and lineage tags."""
 
 import hashlib
 import subprocess

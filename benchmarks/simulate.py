@@ -18,8 +18,8 @@ in the same run.
   token's step); listwise and utility without reuse: every prompt token; utility with reuse: the tokens
   actually computed (each prefix once + every suffix), and, beside it, "prompt-equivalent" tokens/s (the
   tokens of the full prompts that the reuse stood in for: the same count as mode 3).
-- FLOPs: 2 * n_params * computed tokens (NOTES.md, "Throughput of the 135M model"), n_params = all the
-  model's parameters, embedding included, as NOTES.md counts them. The score modes never apply the output
+- FLOPs: 2 * n_params * computed tokens (docs/notes.md, "Throughput of the 135M model"), n_params = all the
+  model's parameters, embedding included, as docs/notes.md counts them. The score modes never apply the output
   head to the sequence (they project the last hidden state on the answer rows only), so the share is also
   printed with n_params = the non-embedding parameters (the matmuls actually run per token). Attention's
   own score/value products (~4 * context * hidden per token and layer) are not counted in either.

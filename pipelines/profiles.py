@@ -3,7 +3,7 @@
 quick (default): the whole pipeline with post-training and simulation in at most 25 minutes on a 2-core CPU:
   4,000 train episodes of prompts, 8 minutes of LoRA training, N = 80 episodes per split for the aligned
   agent (val feeds the calibrated hybrid), 16 test_all episodes for each variant row.
-full: EVALUATION.md's N = 2,000 episodes per split, 20,000 train episodes, 60 minutes of training, and the
+full: docs/evaluation-protocol.md's N = 2,000 episodes per split, 20,000 train episodes, 60 minutes of training, and the
   variant rows on 200 episodes of every test split. Hours on a CPU; minutes on a GPU with the vllm backend.
   On a CPU it runs in slices: `--config retail_decisions.max_minutes=M` writes the md5 sample at the largest N
   completed after M minutes, and `malles run --profile full --select 'retail_decisions+'` goes on from the

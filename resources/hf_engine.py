@@ -15,7 +15,7 @@ without adding special tokens. Three modes:
 
 Scores are computed in fp32 from the final hidden state projected on the answer rows of the output head
 only (log-softmax differences do not need the full vocabulary). The answer token ids are read from the
-tokenizer at the answer position (NOTES.md: right after the assistant turn starts, "Yes" and "No" carry no
+tokenizer at the answer position (docs/notes.md: right after the assistant turn starts, "Yes" and "No" carry no
 leading space) and must each be exactly one token.
 """
 

@@ -28,7 +28,7 @@ class LLMResource(dg.ConfigurableResource):
         "default"  # "default" (embedded SmolLM2-135M-Instruct), a local model folder or a Hugging Face id
     )
     adapter: str = ""  # a peft LoRA adapter folder applied on top of the model; "" for the base model
-    dtype: str = "float32"  # fp32 keeps scores exact (bf16 on CPU flipped 25% of top choices, NOTES.md)
+    dtype: str = "float32"  # fp32 keeps scores exact (bf16 on CPU flipped 25% of top choices, docs/notes.md)
     batch_size: int = 16  # rows per forward pass; 16 was the fastest measured on 2 CPU cores
     threads: int = 2  # torch CPU threads (the machine's cores)
     prefix_reuse: bool = True  # run each episode's shared prefix once and only the options as suffixes

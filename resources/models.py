@@ -65,7 +65,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF file into a plain fp32 transformers directory, written atomically.
 
     A model loaded from GGUF refuses `save_pretrained`; dropping `config.quantization_config`, building a
-    fresh model from the config and loading the state dict gives a plain copy (NOTES.md, "The default
+    fresh model from the config and loading the state dict gives a plain copy (docs/notes.md, "The default
     model"). The copy is written to a temporary sibling folder, checked to load, then renamed into place.
     """
     import torch

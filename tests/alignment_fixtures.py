@@ -6,7 +6,7 @@ import polars as pl
 SYSTEM = "<|im_start|>system\nYou are a shopper.<|im_end|>\n"
 YES_WORDS = ["apple", "pear", "plum", "grape", "mango", "peach", "lemon", "melon"]
 NO_WORDS = ["stone", "brick", "nail", "glue", "sand", "wire", "chalk", "tile"]
-YES_ID = 10539  # SmolLM2's "Yes" right after the assistant turn starts (NOTES.md)
+YES_ID = 10539  # SmolLM2's "Yes" right after the assistant turn starts (docs/notes.md)
 NO_ID = 5230
 
 

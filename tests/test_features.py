@@ -582,7 +582,7 @@ def test_full_completejourney(tmp_path):
         passed, meta = fn(conn)
         assert passed, (fn.__name__, meta)
     summary = logic.episode_summary(conn)
-    assert 1_000_000 < summary["episodes"] < 1_100_000  # NOTES.md: about 1.07M under the v1 reading
+    assert 1_000_000 < summary["episodes"] < 1_100_000  # docs/notes.md: about 1.07M under the v1 reading
     conn.close()
 
 

@@ -14,12 +14,12 @@ from resources.paths import data_dir
 
 class LoraAdapterConfig(dg.Config):
     base_model: str = "default"  # "default" (SmolLM2-135M-Instruct), a local model folder or a HF id
-    lora_r: int = 16  # LoRA rank (NOTES: r=16 learnt the yes/no form in 12 minutes)
+    lora_r: int = 16  # LoRA rank (docs/notes.md: r=16 learnt the yes/no form in 12 minutes)
     lora_alpha: int = 32  # LoRA scale numerator (scale alpha/r = 2)
     lora_dropout: float = 0.05  # dropout on the LoRA input path
     top_layers: int = 8  # LoRA on the top N layers only (layers_to_transform); 0 = all layers
     target_modules: list[str] = list(logic.LLAMA_PROJECTIONS)  # all linear projections of a layer
-    learning_rate: float = 5e-4  # AdamW learning rate (NOTES: 5e-4 with batch 16)
+    learning_rate: float = 5e-4  # AdamW learning rate (docs/notes.md: 5e-4 with batch 16)
     batch_size: int = 16  # examples per optimizer step
     max_minutes: float = 8.0  # training budget (quick: main_job in 25 min on 2 cores; full: 60); 6 -> 12 min
     # took val hit@1 from 0.46 to 0.525 (docs/measurements.md), so the quick profile gives it what it can
@@ -27,12 +27,12 @@ class LoraAdapterConfig(dg.Config):
     max_train_examples: int = 8000  # rows drawn (seeded) for the unpacked pointwise loss; 0 = all rows. The
     # softmax loss and packing take whole episodes: every row, the time budget decides how many are used
     eval_examples: int = 100  # val rows for the eval loss before and after training
-    bf16_autocast: bool = True  # bf16 autocast for training (NOTES: ~2.4x faster than fp32 on CPU)
+    bf16_autocast: bool = True  # bf16 autocast for training (docs/notes.md: ~2.4x faster than fp32 on CPU)
     gradient_checkpointing: bool = (
         False  # recompute activations: saves memory, costs time (trl's default is on)
     )
     logging_steps: int = 5  # optimizer steps between two points of the loss curve
-    forms: list[str] = ["utility"]  # forms trained on; listwise learnt nothing useful on CPU (NOTES)
+    forms: list[str] = ["utility"]  # forms trained on; listwise learnt nothing useful on CPU (docs/notes.md)
     listwise_share: float = 0.25  # share of listwise/quantity rows when forms include them with utility
     max_length: int = 512  # tokens per example (longer ones lose their start; prompts are ~120-320)
     num_threads: int = 2  # torch CPU threads (2 cores here); 0 = torch's default

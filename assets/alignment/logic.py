@@ -1,6 +1,6 @@
 """LoRA post-training of the retail agent: trl's SFTTrainer + peft on prompt/completion pairs. No dagster import.
 
-Recipe (NOTES.md, "Post-training the 135M model on CPU"): the yes/no utility form, LoRA on all projections of
+Recipe (docs/notes.md, "Post-training the 135M model on CPU"): the yes/no utility form, LoRA on all projections of
 the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer positions only, a
 wall-clock budget. Losses: pointwise (cross-entropy of each answer) or softmax (the episode's choice over its
 options); packing puts an episode's prefix once before all its options (block attention mask), which the

@@ -1,4 +1,4 @@
-"""Evaluation stage: the reference baselines of EVALUATION.md scored on the shared episodes and splits."""
+"""Evaluation stage: the reference baselines of docs/evaluation-protocol.md scored on the shared episodes and splits."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource

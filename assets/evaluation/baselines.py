@@ -1,4 +1,4 @@
-"""The reference baselines of EVALUATION.md, scored on the shared episodes and choice sets.
+"""The reference baselines of docs/evaluation-protocol.md, scored on the shared episodes and choice sets.
 
 Every scorer takes the option frame (one row per (episode, option), sorted by episode_id then position, with
 the columns of `episode_options`, `option_features`, the episode's category/customer/quantity and its split
@@ -61,7 +61,7 @@ MODEL_FEATURES: dict[str, pl.Expr] = {
         pl.col("cust_product_purchases").cast(pl.Float64).fill_null(0)
         / pl.max_horizontal(pl.col("cust_category_purchases").cast(pl.Float64).fill_null(0), pl.lit(1.0))
     ).clip(0.0, 1.0),
-    # brand loyalty (DESIGN.md rho: brand_loyalty)
+    # brand loyalty (docs/design.md rho: brand_loyalty)
     "log_cust_brand": pl.col("cust_brand_purchases").cast(pl.Float64).fill_null(0).log1p(),
     # ... and as "bought this brand before" (a step, as in the synthetic market's utility): the log count
     # alone left 0.02 of hit@1 on the synthetic market's table (tests/test_recovery.py)

@@ -1,11 +1,11 @@
-"""The metrics of EVALUATION.md as plain, vectorised polars/numpy functions.
+"""The metrics of docs/evaluation-protocol.md as plain, vectorised polars/numpy functions.
 
 Input shapes:
 - a long frame of options: episode_id, product_id, score, prob, is_chosen, category (one row per option;
   `prob` may be all null for methods without probabilities);
 - a quantity frame: episode_id, qty_pred, qty_actual (one row per episode).
 
-Readings (where EVALUATION.md needed one):
+Readings (where docs/evaluation-protocol.md needed one):
 - hit@k with tied scores is the expected hit when tied options are ordered at random: with g options scored
   strictly above the actual one and t options (the actual one included) tied with it, the actual one's rank
   is uniform on g+1..g+t, so hit@k = clip((k - g) / t, 0, 1).

@@ -40,7 +40,7 @@ def decision_episodes(
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Decision episodes (one per retail basket x category) with their fixed choice sets and option
-    prices, exactly per EVALUATION.md: tables decision_episodes, episode_options and the helper
+    prices, exactly per docs/evaluation-protocol.md: tables decision_episodes, episode_options and the helper
     episode_purchases."""
     start = time.perf_counter()
     with duckdb.get_connection() as conn:

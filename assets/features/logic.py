@@ -2,7 +2,7 @@
 
 All the heavy lifting is SQL in sql/features/*.sql (one statement per file, DuckDB $named params), run in
 order on one connection; the functions below sequence them, time them and summarise the results.
-Readings of EVALUATION.md that needed a choice are written next to the code that makes them.
+Readings of docs/evaluation-protocol.md that needed a choice are written next to the code that makes them.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def build_decision_episodes(
     episodes_per_batch: int = 150_000,
     log=None,
 ) -> dict[str, float]:
-    """episode_purchases, decision_episodes and episode_options (EVALUATION.md "Decision episodes").
+    """episode_purchases, decision_episodes and episode_options (docs/evaluation-protocol.md "Decision episodes").
 
     Returns the seconds each step took.
     """
@@ -147,7 +147,7 @@ def build_episode_splits(
     cold_share: float = 0.1,
     cold_fit_episodes: int = 20,
 ) -> dict[str, float]:
-    """episode_splits (EVALUATION.md "Splits"); returns the seconds taken."""
+    """episode_splits (docs/evaluation-protocol.md "Splits"); returns the seconds taken."""
     params = {
         "seed": int(seed),
         "test_days": int(test_days),

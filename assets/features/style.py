@@ -1,4 +1,4 @@
-"""Customer style parameters rho_i (DESIGN.md "The frame"), estimated from train-period episodes.
+"""Customer style parameters rho_i (docs/design.md "The frame"), estimated from train-period episodes.
 
 Plain logic, no Dagster. The estimate is a random-coefficient conditional logit fitted in three steps:
 

@@ -1,4 +1,4 @@
-"""Source mappings: how a source's files and columns map to the canonical schema (EVALUATION.md).
+"""Source mappings: how a source's files and columns map to the canonical schema (docs/evaluation-protocol.md).
 
 A mapping is a YAML file. `mappings/example_user.yaml` is a commented example; the built-in ones are
 `mappings/completejourney.yaml` (the embedded Complete Journey data) and `mappings/canonical.yaml` (files
@@ -71,7 +71,7 @@ CANONICAL: dict[str, dict[str, tuple[bool, Any]]] = {
         "product_id": (True, None),
         "quantity": (True, None),
         "unit_price": (True, None),
-        "list_price": (False, None),  # NULL -> unit_price (EVALUATION.md: equal to unit_price where unknown)
+        "list_price": (False, None),  # NULL -> unit_price (docs/evaluation-protocol.md: equal to unit_price where unknown)
         "channel": (False, "retail"),
     },
     "products": {

@@ -1,4 +1,4 @@
-"""A synthetic market with KNOWN ground truth, written in the canonical format of EVALUATION.md.
+"""A synthetic market with KNOWN ground truth, written in the canonical format of docs/evaluation-protocol.md.
 
 Plain logic (no dagster import). `generate_market(out_dir, SynthConfig())` writes
 

@@ -17,12 +17,12 @@ from resources.paths import data_dir
 class SftPromptDatasetConfig(dg.Config):
     seed: int = 0  # seed of the episode samples (md5 of seed|basket|category) and of the negative draw
     n_negatives: int = 9  # non-chosen options per train episode answered "No": 9 = the whole choice set of
-    # 10, which the softmax loss of lora_adapter compares (3 served the pointwise loss; NOTES)
+    # 10, which the softmax loss of lora_adapter compares (3 served the pointwise loss; docs/notes.md)
     max_train_episodes: int = (
         4_000  # use_for_fit train episodes sampled (quick: training uses ~1k; full 20k); 0 = all
     )
     eval_sample_per_split: int = (
-        200  # val/test prompts per named split (quick; full: EVALUATION.md's N 2000); 0 = all
+        200  # val/test prompts per named split (quick; full: docs/evaluation-protocol.md's N 2000); 0 = all
     )
     include_style: bool = True  # False: ablation "no style parameters" (no style line, no felt change)
     include_signals: bool = True  # False: ablation "no submodule signals" (product and prices only)

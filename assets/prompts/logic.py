@@ -169,7 +169,7 @@ def build_prompt_rows(
     """The episodes of `period` ('train', 'val', 'test') as contexts, in episode_id order.
 
     n_per_split > 0 keeps the n smallest md5("{seed}|{basket_id}|{category}") of the period (and, for test,
-    of each named test split too: EVALUATION.md's samples); 0 keeps all. fit_only (default: True for train)
+    of each named test split too: docs/evaluation-protocol.md's samples); 0 keeps all. fit_only (default: True for train)
     keeps use_for_fit episodes only. Episodes without options are skipped."""
     if fit_only is None:
         fit_only = period == "train"

@@ -1,7 +1,7 @@
 """Prompt templates of the retail agent: the utility (yes/no per option), listwise (one label) and quantity
 forms, rendered as ChatML text (`<|im_start|>role\\n...<|im_end|>\\n`) for the LLM engine.
 
-Layout (NOTES.md "Reading a choice distribution from the model"):
+Layout (docs/notes.md "Reading a choice distribution from the model"):
 - every prompt = prefix + suffix. The prefix (system message + the customer and context) ends right after
   `<|im_end|>\\n`, a stable tokenization boundary, so its KV cache can be reused for every suffix.
 - every suffix ends with the assistant turn start `<|im_start|>assistant\\n`: the answer tokens are "Yes"/"No",
@@ -30,7 +30,7 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 ASSISTANT_START = f"{IM_START}assistant\n"
 
-LABELS = "ABCDEFGHIJ"  # listwise option labels (at most 10 options, EVALUATION.md)
+LABELS = "ABCDEFGHIJ"  # listwise option labels (at most 10 options, docs/evaluation-protocol.md)
 MAX_QUANTITY = 9  # quantity answers "1".."9"; "9" means 9 or more
 QUANTITY_LABELS = tuple(str(q) for q in range(1, MAX_QUANTITY + 1))  # the quantity answer tokens
 

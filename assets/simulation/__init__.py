@@ -25,7 +25,7 @@ class RetailDecisionsConfig(dg.Config):
     period: str = (
         "val,test"  # the primary method's episodes: 'test', 'val' or 'val,test' (val fits the hybrid)
     )
-    n_per_split: int = 80  # EVALUATION.md's N per split for the primary method (quick profile; full: 2000)
+    n_per_split: int = 80  # docs/evaluation-protocol.md's N per split for the primary method (quick profile; full: 2000)
     form: str = "utility"  # primary: 'utility' (yes/no per option, softmax of utilities) or 'listwise'
     use_adapter: bool = True  # use the newest lora_adapters row when there is one; zero-shot otherwise
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
@@ -80,7 +80,7 @@ def retail_decisions(
     mlflow: MlflowResource,
     llm: LLMResource,
 ) -> dg.MaterializeResult:
-    """The LLM retail agents' decisions on EVALUATION.md's sample episodes: per option the utility, the choice
+    """The LLM retail agents' decisions on docs/evaluation-protocol.md's sample episodes: per option the utility, the choice
     probability (softmax over the choice set), the top choice and the quantity distribution of the top option
     (asked of the adapter only when its training carried the quantity answer, else of the base model:
     quantity_source).
@@ -196,7 +196,7 @@ def eval_report(
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Metrics (EVALUATION.md) of the LLM methods of retail_decisions per split, the calibrated hybrids of the
+    """Metrics (docs/evaluation-protocol.md) of the LLM methods of retail_decisions per split, the calibrated hybrids of the
     primary (a * u_llm + b * s_clogit fitted on its val episodes, and the same on lgbm's score: does the LLM
     add to the best classic model?) and sample mode's stability, beside the
     baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample):

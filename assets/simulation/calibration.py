@@ -1,4 +1,4 @@
-"""Calibration of the LLM utilities: the calibrated hybrid (DESIGN.md's calibration function f, simplest form).
+"""Calibration of the LLM utilities: the calibrated hybrid (docs/design.md's calibration function f, simplest form).
 
 The hybrid's utility of an option is
 

@@ -3,7 +3,7 @@ report that sets its metrics beside the baselines' on the same sample episodes (
 No dagster import; the assets in __init__.py wire these functions.
 
 Readings taken here (docs/tables.md, simulation section):
-- The sample is EVALUATION.md's: per named split the N episodes with the smallest md5("{seed}|{basket_id}|
+- The sample is docs/evaluation-protocol.md's: per named split the N episodes with the smallest md5("{seed}|{basket_id}|
   {category}") (assets.evaluation.baselines.split_membership); an episode may be in several splits and is
   decided once.
 - utility form: the utility of an option is log P("Yes") - log P("No") after the episode's shared prefix and
@@ -68,7 +68,7 @@ REPORT_SCHEMA = {  # baseline_metrics' columns, with the sample, the kind and th
     "method": pl.Utf8,
     "kind": pl.Utf8,
     **{k: v for k, v in METRICS_SCHEMA.items() if k != "method"},
-    "top1_agreement": pl.Float64,  # sample mode only (EVALUATION.md's stability over R runs)
+    "top1_agreement": pl.Float64,  # sample mode only (docs/evaluation-protocol.md's stability over R runs)
     "share_cv": pl.Float64,
 }
 
@@ -809,7 +809,7 @@ def report_rows(
 
 
 def stability(samples: pl.DataFrame, members: pl.DataFrame) -> pl.DataFrame:
-    """EVALUATION.md's stability of the sample-mode methods per split: top1_agreement, the mean over run
+    """docs/evaluation-protocol.md's stability of the sample-mode methods per split: top1_agreement, the mean over run
     pairs of the share of episodes with the same top-1 answer (the most frequent product of the run; ties:
     the smaller product_id; a run without a parseable answer has no top-1 and agrees with nothing), and
     share_cv, the mean over products of the coefficient of variation (population sd / mean) across runs of

@@ -1,4 +1,4 @@
--- baseline_metrics: one row per (method, split) with the metrics of EVALUATION.md (null where undefined).
+-- baseline_metrics: one row per (method, split) with the metrics of docs/evaluation-protocol.md (null where undefined).
 -- Reads the staged frame `staged_baseline_metrics`.
 create or replace table baseline_metrics as
 select

@@ -1,5 +1,5 @@
 -- The scored part of the baselines' option frame: every option of the val and test episodes with its
--- features, its episode's facts, split flags and the seeded sample key of EVALUATION.md
+-- features, its episode's facts, split flags and the seeded sample key of docs/evaluation-protocol.md
 -- (md5("{seed}|{basket_id}|{category}")), ordered so that each episode's options are contiguous.
 -- option_features is left-joined so that an option without a feature row is kept (its features read as 0).
 select

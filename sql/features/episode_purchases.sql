@@ -1,5 +1,5 @@
 -- Builds episode_purchases: retail purchases after merging the lines of one product in one basket
--- (EVALUATION.md "Purchase"). The basket's ts is its earliest retail line; its customer the smallest id
+-- (docs/evaluation-protocol.md "Purchase"). The basket's ts is its earliest retail line; its customer the smallest id
 -- seen on it (one per basket in clean data). Lines with quantity <= 0 are not purchases.
 create or replace table episode_purchases as
 with baskets as (

@@ -1,4 +1,4 @@
--- Builds episode_splits (EVALUATION.md "Splits"): with end = the last day of the retail data + 1, test is
+-- Builds episode_splits (docs/evaluation-protocol.md "Splits"): with end = the last day of the retail data + 1, test is
 -- days [end - $test_days, end), validation [end - $test_days - $val_days, end - $test_days), train before.
 -- Cold categories: of the categories with >= $min_train_episodes training episodes, the
 -- floor($cold_share * count + 0.5) with the smallest md5('{seed}|{category}'); each keeps its

@@ -1,5 +1,5 @@
 -- Builds option_features: one row per episode_options row, from history strictly before the episode's
--- day d only (EVALUATION.md): popularity, the customer's past purchases, prices and reference prices.
+-- day d only (docs/evaluation-protocol.md): popularity, the customer's past purchases, prices and reference prices.
 -- Window sums come from running totals through ASOF joins (sum over [a, b] = cum(<= b) - cum(<= a - 1)).
 create or replace table option_features as
 with brand_days as (

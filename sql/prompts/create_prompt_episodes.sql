@@ -1,5 +1,5 @@
 -- Temp table prompt_episodes: the episodes of one period that get prompts. Each episode's sample key is
--- EVALUATION.md's md5("{seed}|{basket_id}|{category}"); with $n_per_split > 0 only the $n_per_split
+-- docs/evaluation-protocol.md's md5("{seed}|{basket_id}|{category}"); with $n_per_split > 0 only the $n_per_split
 -- smallest keys of each split are kept (train: of the whole period; test: of test_all and of each of
 -- test_sparse, test_cold, test_new, so every named split has its protocol sample). $fit_only keeps
 -- use_for_fit episodes only (train).

@@ -1,4 +1,4 @@
--- retail_decision_episodes: the split membership (EVALUATION.md sample) of the episodes each method decided.
+-- retail_decision_episodes: the split membership (docs/evaluation-protocol.md sample) of the episodes each method decided.
 create table if not exists retail_decision_episodes (
     run_id varchar,
     method varchar,

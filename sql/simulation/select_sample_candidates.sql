@@ -1,5 +1,5 @@
 -- The candidate episodes of the simulation sample: every episode of the periods in $periods (a list such as
--- ['test']) with its split flags and EVALUATION.md's sample key md5("{seed}|{basket_id}|{category}").
+-- ['test']) with its split flags and docs/evaluation-protocol.md's sample key md5("{seed}|{basket_id}|{category}").
 -- The seeded N-per-split sample itself is taken by assets.evaluation.baselines.split_membership.
 select
     e.episode_id,
