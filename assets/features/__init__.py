@@ -11,12 +11,13 @@ from dagster_duckdb import DuckDBResource
 from assets._metadata import log_asset_run, table_metadata
 from assets.features import logic
 from resources.mlflow import MlflowResource
+from resources.warehouse import scalar
 
 
 def _table_meta(conn, table: str) -> dict:
     """table_metadata of a warehouse table from its first rows and its row count."""
     head = conn.sql(f"select * from {table} limit 5").pl()
-    return table_metadata(head, row_count=int(logic.scalar(conn, f"select count(*) from {table}")))
+    return table_metadata(head, row_count=int(scalar(conn, f"select count(*) from {table}")))
 
 
 def _timings(timings: dict[str, float]) -> dict[str, float]:
@@ -85,7 +86,7 @@ def option_features(
         logic.configure_connection(conn, config.threads, config.memory_limit)
         timings = logic.build_option_features(conn, config.history_days)
         meta = _table_meta(conn, "option_features")
-        new_share = logic.scalar(conn, "select avg(is_new::double) from option_features")
+        new_share = scalar(conn, "select avg(is_new::double) from option_features")
         metadata = {
             **meta,
             "share_new_options": float(new_share or 0.0),

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from resources.sql import load_sql
+from resources.warehouse import scalar
 
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -37,12 +38,6 @@ def configure_connection(conn, threads: int = 2, memory_limit: str = "6GB") -> N
     conn.execute(f"set memory_limit = '{memory_limit.strip()}'")
     conn.execute("set preserve_insertion_order = false")
     conn.execute("set enable_progress_bar = false")
-
-
-def scalar(conn, sql: str, params: dict[str, Any] | None = None) -> Any:
-    """One value from a query (the result is read to the end, as duckdb 2.x requires)."""
-    rows = conn.execute(sql, params or {}).fetchall()
-    return rows[0][0] if rows else None
 
 
 def drop_temp(conn, names: Iterable[str]) -> None:
