@@ -51,7 +51,7 @@ def _source_run_config(source: str, data: Path) -> tuple[dict, str]:
     from assets.ingest.logic import load_mapping  # validates the mapping: a one-line error if bad
 
     if source == "synthetic":
-        from assets.ingest.synth import SynthConfig, generate_market
+        from assets.synthetic.generator import SynthConfig, generate_market
 
         landing = data / "landing" / "synthetic"
         if not (landing / "transactions.parquet").exists():
@@ -242,7 +242,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     console = _console()
     import yaml
 
-    from assets.ingest.synth import main_synth
+    from assets.synthetic.generator import main_synth
 
     out = Path(args.out) if args.out else data / "landing" / "synthetic"
     overrides = {}

@@ -15,9 +15,8 @@ from pipelines.env import set_offline_env
 
 set_offline_env()
 
-from assets import alignment, evaluation, features, ingest, prompts, simulation  # noqa: E402
+from assets import alignment, evaluation, features, ingest, prompts, simulation, synthetic  # noqa: E402
 from assets._metadata import code_version  # noqa: E402
-from assets.ingest import synth_asset  # noqa: E402
 from pipelines.jobs import JOBS  # noqa: E402
 from pipelines.schedules import SCHEDULES  # noqa: E402
 from pipelines.sensors import SENSORS  # noqa: E402
@@ -25,7 +24,7 @@ from resources.duckdb import warehouse  # noqa: E402
 from resources.llm import LLMResource  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
 
-STAGE_MODULES = [ingest, synth_asset, features, prompts, alignment, simulation, evaluation]
+STAGE_MODULES = [ingest, synthetic, features, prompts, alignment, simulation, evaluation]
 
 
 def _mlflow() -> MlflowResource:

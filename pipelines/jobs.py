@@ -2,16 +2,16 @@
 
 import dagster as dg
 
-STAGES = ["ingest", "features", "prompts", "alignment", "simulation", "evaluation"]  # the Dagster groups
+STAGES = ["ingest", "features", "prompts", "alignment", "simulation", "evaluation", "synthetic"]  # the Dagster groups
 # The LLM stages (also runnable alone as agents_job on top of the other stages' tables).
 LLM_STAGES = ["alignment", "simulation"]
 
-# The synthetic market writes files for tests and demos; it is never part of the main job.
-SYNTHETIC = dg.AssetSelection.assets("synthetic_market")
+# The synthetic market (group synthetic) writes files for tests and demos; it is never part of the main job.
+SYNTHETIC = dg.AssetSelection.groups("synthetic")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.groups("ingest") - SYNTHETIC,
+    selection=dg.AssetSelection.groups("ingest"),
     description="Load the landing files and built-in sources into DuckDB (transactions, products, customers).",
 )
 features_job = dg.define_asset_job(

@@ -592,7 +592,7 @@ def test_price_sensitivity_on_the_synthetic_market(tmp_path):
     import polars as pl
     from scipy.stats import spearmanr
 
-    from assets.ingest.synth import SynthConfig, generate_market
+    from assets.synthetic.generator import SynthConfig, generate_market
 
     out = tmp_path / "synth"
     generate_market(out, SynthConfig(n_customers=300, seed=3))

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.ingest.synth import (
+from assets.synthetic.generator import (
     SynthConfig,
     generate_market,
     load_truth,
@@ -295,7 +295,7 @@ def test_main_synth_overrides_and_unknown_field(tmp_path):
 def test_asset_config_mirrors_synth_config():
     import dataclasses
 
-    from assets.ingest.synth_asset import SyntheticMarketConfig, synth_config_from
+    from assets.synthetic import SyntheticMarketConfig, synth_config_from
 
     fields = {f.name: f.default for f in dataclasses.fields(SynthConfig)}
     asset_fields = SyntheticMarketConfig.model_fields
@@ -308,7 +308,7 @@ def test_asset_config_mirrors_synth_config():
 def test_synthetic_market_asset(tmp_path, data_dir):
     import dagster as dg
 
-    from assets.ingest.synth_asset import SyntheticMarketConfig, synthetic_market
+    from assets.synthetic import SyntheticMarketConfig, synthetic_market
 
     result = dg.materialize(
         [synthetic_market],

@@ -1,7 +1,8 @@
-"""The `synthetic_market` asset: canonical files of a market with known ground truth in the landing folder.
+"""Synthetic stage: the `synthetic_market` asset, canonical files of a market with known ground truth.
 
-Not a dependency of raw_transactions: it only writes files (landing/synthetic by default), which the
-ingest assets pick up through the built-in `canonical` mapping like any other drop.
+Thin Dagster wiring; the generator is plain logic in `assets/synthetic/generator.py`. Not a dependency of
+raw_transactions: it only writes files (landing/synthetic by default), which the ingest assets pick up
+through the built-in `canonical` mapping like any other drop.
 """
 
 import dataclasses
@@ -10,12 +11,12 @@ from pathlib import Path
 import dagster as dg
 
 from assets._metadata import artifact_metadata
-from assets.ingest.synth import SynthConfig, generate_market
+from assets.synthetic.generator import SynthConfig, generate_market
 from resources.paths import data_dir
 
 
 class SyntheticMarketConfig(dg.Config):
-    """Mirrors assets.ingest.synth.SynthConfig (see its comments for each knob)."""
+    """Mirrors assets.synthetic.generator.SynthConfig (see its comments for each knob)."""
 
     out_dir: str = ""  # output folder; empty = <data dir>/landing/synthetic
     seed: int = 0  # one seed drives everything: same seed, same files
@@ -80,7 +81,7 @@ def synth_config_from(config: SyntheticMarketConfig) -> SynthConfig:
     return SynthConfig(**{k: v for k, v in config.model_dump().items() if k in names})
 
 
-@dg.asset(group_name="ingest", kinds={"python", "parquet"})
+@dg.asset(group_name="synthetic", kinds={"python", "parquet"})
 def synthetic_market(
     context: dg.AssetExecutionContext, config: SyntheticMarketConfig
 ) -> dg.MaterializeResult:
