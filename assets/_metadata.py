@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from resources.paths import PROJECT_ROOT
+from resources.warehouse import sha256_file  # noqa: F401 - importable from here too
 
 _POLARS_TO_TYPE = {
     pl.Utf8: "string",
@@ -44,14 +45,6 @@ def table_metadata(df: pl.DataFrame, row_count: int | None = None, preview_rows:
         "dagster/column_schema": schema,
         "preview": dg.MetadataValue.md(preview),
     }
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact_metadata(path: str | Path) -> dict[str, Any]:

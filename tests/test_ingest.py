@@ -12,7 +12,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from assets.ingest import logic
+from assets.ingest import logic, statements
 from assets.ingest.mapping import MappingError, load_mapping
 
 TX_HEADER = "txn_id,basket_id,ts,customer_id,product_id,quantity,unit_price,list_price,channel"
@@ -236,8 +236,8 @@ def test_product_duplicates_and_conflicts_within_file_and_against_warehouse(tmp_
     )
     (r,) = logic.ingest_source(conn, str(mapping), paths={"products": [f]}, progress=False)
     assert (r.rows_in, r.rows_loaded, r.rows_quarantined, r.rows_duplicate) == (6, 2, 2, 2)
-    assert r.reasons == {"conflicting_product_id": 2}
-    assert quarantined(conn, "products") == [(2, "conflicting_product_id"), (6, "conflicting_product_id")]
+    assert r.reasons == {"conflicting_product_id": 1, "other_category": 1}
+    assert quarantined(conn, "products") == [(2, "conflicting_product_id"), (6, "other_category")]
     assert q(conn, "select product_id, category, description from products order by product_id") == [
         ("p1", "MILK", "milk 1l"),
         ("p2", "BREAD", None),
@@ -342,7 +342,7 @@ def test_failure_mid_file_leaves_the_warehouse_unchanged(tmp_path, conn, monkeyp
         conn, str(mapping), paths={"products": [tmp_path / "tiny" / "products.csv"]}, progress=False
     )
     before = snapshot(conn)
-    real_run = logic._run
+    real_run = statements.run
 
     def failing_run(c, sql, params=None):
         out = real_run(c, sql, params)
@@ -350,7 +350,7 @@ def test_failure_mid_file_leaves_the_warehouse_unchanged(tmp_path, conn, monkeyp
             raise RuntimeError("injected failure")
         return out
 
-    monkeypatch.setattr(logic, "_run", failing_run)
+    monkeypatch.setattr(statements, "run", failing_run)
     with pytest.raises(RuntimeError, match="injected failure"):
         logic.ingest_source(
             conn,
@@ -360,7 +360,7 @@ def test_failure_mid_file_leaves_the_warehouse_unchanged(tmp_path, conn, monkeyp
         )
     assert snapshot(conn) == before
     assert q(conn, "select count(*) from raw_transactions")[0][0] == 0
-    monkeypatch.setattr(logic, "_run", real_run)
+    monkeypatch.setattr(statements, "run", real_run)
     # and the file loads normally afterwards (it was not recorded as ingested)
     (r,) = logic.ingest_source(
         conn, str(mapping), paths={"transactions": [tmp_path / "tiny" / "transactions.csv"]}, progress=False

@@ -87,6 +87,7 @@ CANONICAL: dict[str, dict[str, tuple[bool, Any]]] = {
     },
 }
 KEY_COLUMN = {"transactions": "txn_id", "products": "product_id", "customers": "customer_id"}
+TARGET_TABLE = {"transactions": "raw_transactions", "products": "products", "customers": "customers"}
 TOP_KEYS = {"source", "extends", "base_dir", "strict_columns", "csv", *TABLES}
 TABLE_KEYS = {
     "transactions": {"files", "columns", "ignore_columns"},

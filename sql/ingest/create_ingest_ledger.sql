@@ -1,6 +1,7 @@
--- ingest_ledger: one row per ingested file, keyed by content hash; rows_in = loaded + quarantined + duplicate.
+-- ingest_ledger: one row per ingested file and table, keyed by (content hash, table): one file may feed several
+-- tables (a one-file export holding transactions, products and customers); rows_in = loaded + quarantined + duplicate.
 create table if not exists ingest_ledger (
-    file_sha256 varchar primary key,
+    file_sha256 varchar not null,
     file_id integer not null unique,  -- short id the loaded rows carry (raw_transactions.file_id, ...)
     source_file varchar not null,
     source varchar not null,
@@ -11,5 +12,6 @@ create table if not exists ingest_ledger (
     rows_duplicate bigint not null,
     status varchar not null,
     message varchar,
-    ingested_at timestamp not null
+    ingested_at timestamp not null,
+    primary key (file_sha256, table_name)
 )

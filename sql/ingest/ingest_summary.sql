@@ -15,7 +15,7 @@ with ledger as (
 by_reason as (
     select l.source, q.table_name, q.reason, count(*) as n
     from quarantined_rows as q
-    join ingest_ledger as l on l.file_sha256 = q.file_sha256
+    join ingest_ledger as l on l.file_sha256 = q.file_sha256 and l.table_name = q.table_name
     group by all
 ),
 reasons as (

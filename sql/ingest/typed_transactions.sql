@@ -1,7 +1,8 @@
 -- The canonical transaction columns of one source file, typed, with the first failing check of each
 -- row (_reason, _detail; NULL when the row is good). A template used as a subquery ({typed} in other statements): {source} is the staged file, and each
 -- {column} the mapping's SQL for that canonical column (rendered by assets/ingest/mapping.py; id columns come
--- as text with blanks made NULL); values are $params.
+-- as text with blanks made NULL); values are $params. $ts_min/$ts_max and $quantity_min/$quantity_max are the
+-- plausibility bounds (NULL: no bound).
 with raw as (
     select
         _row,
@@ -36,12 +37,22 @@ checked as (
             when t.r_ts is null then {'r': 'missing_value', 'd': 'ts is empty'}
             when t.r_quantity is null then {'r': 'missing_value', 'd': 'quantity is empty'}
             when t.r_unit_price is null then {'r': 'missing_value', 'd': 'unit_price is empty'}
-            when t.q is null or not isfinite(t.q) or try_cast(t.q as bigint) is null
+            when t.q is null or not isfinite(t.q)
                 then {'r': 'bad_type', 'd': 'quantity ' || cast(t.r_quantity as varchar) || ' is not a number'}
             when t.q <> round(t.q)
                 then {'r': 'non_integer_quantity', 'd': 'quantity ' || cast(t.r_quantity as varchar) || ' is not a whole number'}
             when t.q <= 0 then {'r': 'non_positive_quantity', 'd': 'quantity ' || cast(t.r_quantity as varchar)}
+            when t.q < $quantity_min
+                then {'r': 'quantity_out_of_range', 'd': 'quantity ' || cast(t.r_quantity as varchar) || ' is below ' || cast($quantity_min as varchar) || ' (ingest quantity_min)'}
+            when t.q > $quantity_max
+                then {'r': 'quantity_out_of_range', 'd': 'quantity ' || cast(t.r_quantity as varchar) || ' is above ' || cast($quantity_max as varchar) || ' (ingest quantity_max)'}
+            when try_cast(t.q as bigint) is null
+                then {'r': 'quantity_out_of_range', 'd': 'quantity ' || cast(t.r_quantity as varchar) || ' does not fit a 64-bit integer'}
             when t.ts is null then {'r': 'bad_timestamp', 'd': 'ts ' || cast(t.r_ts as varchar) || ' is not a timestamp'}
+            when t.ts < $ts_min
+                then {'r': 'implausible_timestamp', 'd': 'ts ' || cast(t.ts as varchar) || ' is before ' || cast($ts_min as varchar) || ' (ingest ts_min)'}
+            when t.ts > $ts_max
+                then {'r': 'implausible_timestamp', 'd': 'ts ' || cast(t.ts as varchar) || ' is after ' || cast($ts_max as varchar) || ' (ingest ts_max)'}
             when t.up is null or not isfinite(t.up)
                 then {'r': 'non_numeric_price', 'd': 'unit_price ' || cast(t.r_unit_price as varchar) || ' is not a number'}
             when t.r_list_price is not null and (t.lp is null or not isfinite(t.lp))
