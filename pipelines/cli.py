@@ -127,12 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def select_assets(job, select: str) -> tuple[list, set[str]]:
     """The asset keys and op names of a Dagster selection string (e.g. 'retail_decisions+',
-    '+lora_adapter') within a job: a bad string or an unknown asset is a UsageError."""
+    '+lora_adapter', '*baseline_report') within a job, with the other assets of any multi-asset it touches:
+    a bad string or an unknown asset is a UsageError."""
     import dagster as dg
 
     graph = job.asset_layer.asset_graph
     try:
-        keys = dg.AssetSelection.from_string(select).resolve(graph)
+        # a multi-asset that cannot be subset (ingest: raw_transactions, products, customers, quarantined_rows)
+        # runs whole: the selection takes its other assets along rather than failing in Dagster
+        keys = dg.AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph)
     except Exception as e:  # DagsterInvalidAssetSelectionError, DagsterInvalidSubsetError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(
@@ -188,28 +191,51 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise UsageError(f"{path} does not exist: pass a CSV or Parquet file or a folder of them")
-    from assets.ingest.logic import ensure_schema, ingest_source, load_mapping
+    import dataclasses
+
+    from assets.ingest import IngestConfig, ingest_limits
+    from assets.ingest.logic import (
+        WarehouseLocked,
+        connect_warehouse,
+        ensure_schema,
+        ingest_source,
+        load_mapping,
+        mapping_paths,
+    )
 
     mapping = load_mapping(args.mapping)
-    files = (
-        sorted(p for p in path.rglob("*") if p.suffix.lower() in {".csv", ".parquet"})
-        if path.is_dir()
-        else [path]
-    )
-    if not files:
-        raise UsageError(f"no .csv or .parquet files under {path}")
-    from resources.duckdb import warehouse
-
-    db = warehouse(os.environ.get("MALLES_DUCKDB_PATH"))
-    console.print(f"ingesting {len(files)} file(s) into {db.database}")
-    with db.get_connection() as conn:
+    if path.is_dir():  # the mapping's globs are matched under the folder given, wherever the YAML lies
+        mapping = dataclasses.replace(mapping, base_dir=path.resolve())
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".csv", ".parquet"})
+    else:
+        files = [path]
+    planned = mapping_paths(mapping, [str(f) for f in files])
+    if not planned:
+        globs = "; ".join(f"{t}: {', '.join(tm.files)}" for t, tm in mapping.tables.items())
+        raise UsageError(
+            f"no file under {path} matches the globs of mapping {mapping.label} ({globs}); "
+            "rename the files or fix the mapping's files: globs"
+        )
+    db = os.environ.get("MALLES_DUCKDB_PATH") or str(data / "malles.duckdb")
+    console.print(f"ingesting {len({p for _, p in planned})} file(s) into {db}")
+    try:
+        conn = connect_warehouse(db, wait_s=args.lock_wait)
+    except WarehouseLocked as e:
+        print(f"malles: error: {e}", file=sys.stderr)
+        return 1
+    try:
         ensure_schema(conn)
-        reports = ingest_source(conn, mapping, paths=[str(f) for f in files], progress=True)
+        limits = ingest_limits(IngestConfig())
+        by_table: dict[str, list[Path]] = {}
+        for table, f in planned:
+            by_table.setdefault(table, []).append(f)
+        reports = ingest_source(conn, mapping, paths=by_table, progress=True, limits=limits)
+    finally:
+        conn.close()
     _print_reports(console, reports)
     rejected = [r for r in reports if r.status == "rejected"]
     for r in rejected:
         console.print(f"[red]rejected[/red] {r.source_file}: {r.message}")
-    del data
     return 1 if rejected else 0
 
 
@@ -296,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", help="a file or a folder of files")
     i.add_argument(
         "--mapping", required=True, help="mapping YAML (or a built-in name: completejourney, canonical)"
+    )
+    i.add_argument(
+        "--lock-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait while another process holds the warehouse (default 30)",
     )
     i.set_defaults(func=cmd_ingest)
 

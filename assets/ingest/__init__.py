@@ -29,6 +29,25 @@ class IngestConfig(dg.Config):
     sources: list[str] = ["completejourney"]
     # if set, every subfolder of it holding a mapping.yaml is ingested too (new files land there)
     landing_dir: str = ""
+    # plausibility bounds of transaction lines: outside them a line is quarantined (implausible_timestamp,
+    # quantity_out_of_range) instead of loaded; a typo'd year or a 2^63 quantity never reaches the features
+    ts_min: str = "1990-01-01"  # earliest plausible ts (ISO date or timestamp)
+    ts_max: str = ""  # latest plausible ts; empty = one day after the run starts
+    quantity_min: int = 1  # fewest units on a line
+    quantity_max: int = 1_000_000  # most units on a line
+
+
+def ingest_limits(config: IngestConfig) -> logic.Limits:
+    """The plausibility bounds of an ingest config (ts_max empty: one day after now)."""
+    from datetime import datetime, timedelta
+
+    ts_max = datetime.fromisoformat(config.ts_max) if config.ts_max else datetime.now() + timedelta(days=1)
+    return logic.Limits(
+        ts_min=datetime.fromisoformat(config.ts_min) if config.ts_min else None,
+        ts_max=ts_max,
+        quantity_min=config.quantity_min,
+        quantity_max=config.quantity_max,
+    )
 
 
 @dg.multi_asset(
@@ -45,11 +64,12 @@ def ingest(
     if config.landing_dir:
         mappings += [logic.load_mapping(str(p)) for p in logic.landing_mappings(config.landing_dir)]
     reports: list[logic.FileReport] = []
+    limits = ingest_limits(config)
     with duckdb.get_connection() as conn:
         logic.ensure_schema(conn)
         for mapping in mappings:
             context.log.info(f"ingesting source {mapping.name} ({mapping.label})")
-            reports += logic.ingest_source(conn, mapping, progress=True, log=context.log)
+            reports += logic.ingest_source(conn, mapping, progress=True, log=context.log, limits=limits)
         version = data_version(conn)
         totals = logic.run_metadata(reports, None)
         tracking = log_asset_run(mlflow, context, conn, totals, params=config.model_dump())

@@ -18,9 +18,9 @@ def mapping_paths(
 ) -> list[tuple[str, Path]]:
     """(table, path) pairs in load order: products, customers, transactions; each group sorted by path.
 
-    Without `paths`, the mapping's globs. With a list of paths, each file's table is told by matching its name
-    to the globs (a file matching none, or lying in a `truth/` folder, is left out with a log line); a dict
-    {table: [paths]} says it directly.
+    Without `paths`, the mapping's globs. With a list of paths, each file's tables are told by matching its
+    name to the globs (one file may feed several tables; a file matching none, or lying in a `truth/` folder,
+    is left out with a log line); a dict {table: [paths]} says it directly.
     """
     log = log or log_default
     by_table: dict[str, set[Path]] = {t: set() for t in TABLES}
@@ -38,11 +38,11 @@ def mapping_paths(
             if TRUTH_FOLDER in p.parts[:-1]:
                 log.info(f"{p}: inside a {TRUTH_FOLDER}/ folder (ground truth, never ingested); left out")
                 continue
-            t = mapping.table_of(p)
-            if t is None:
+            tables = mapping.tables_of(p)
+            if not tables:
                 log.warning(f"{p}: matches none of the file patterns of mapping {mapping.label}; left out")
-                continue
-            by_table[t].add(p)
+            for t in tables:
+                by_table[t].add(p)
     return [(t, p) for t in TABLES for p in sorted(by_table[t])]
 
 

@@ -97,6 +97,8 @@ TABLE_KEYS = {
 SPEC_KEYS = {"column", "expr", "const", "optional", "default", "format"}
 CSV_KEYS = {"delimiter", "quote", "escape"}
 ROW_COLUMN = "_row"  # the 1-based row number of a line in its file, usable in expressions
+# parse-tree nodes an expression may not hold: each reads a table, a file or a URL
+FORBIDDEN_NODES = {"SUBQUERY", "TABLE_FUNCTION", "BASE_TABLE", "JOIN", "SUBQUERY_NODE"}
 
 
 class MappingError(ValueError):
@@ -192,25 +194,28 @@ class Mapping:
                     found |= {q for q in self.base_dir.glob(pat) if q.is_file()}
         return sorted(found)
 
-    def table_of(self, path: Path) -> str | None:
-        """Which table a file holds, by matching its name (or its path under base_dir) to the globs."""
+    def tables_of(self, path: Path) -> list[str]:
+        """Which tables a file holds (in load order; a one-file export may feed all three), by matching its
+        name (or its path under base_dir) to the globs."""
         path = Path(path)
         try:
             rel = path.resolve().relative_to(self.base_dir.resolve())
         except ValueError:
             rel = None
+        found = []
         for table in TABLES:
             tm = self.tables.get(table)
             if tm is None:
                 continue
-            for pattern in tm.files:
-                for pat in expand_braces(pattern):
-                    if rel is not None:  # under base_dir: the glob must match the relative path itself
-                        if rel.match(pat) and len(rel.parts) == len(Path(pat).parts):
-                            return table
-                    elif path.match(Path(pat).name):
-                        return table
-        return None
+            for pat in (p for pattern in tm.files for p in expand_braces(pattern)):
+                if rel is not None:  # under base_dir: the glob must match the relative path itself
+                    hit = rel.match(pat) and len(rel.parts) == len(Path(pat).parts)
+                else:
+                    hit = path.match(Path(pat).name)
+                if hit:
+                    found.append(table)
+                    break
+        return found
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -257,6 +262,12 @@ def expression_columns(expr: str) -> frozenset[str]:
 
     def walk(x: Any) -> None:
         if isinstance(x, dict):
+            if x.get("class") == "SUBQUERY" or x.get("type") in FORBIDDEN_NODES:
+                # a subquery or table function could read files or URLs (read_text('/etc/passwd')) into a row
+                raise MappingError(
+                    f"expression {expr!r} holds a subquery or table function; mapping expressions may only "
+                    "compute over the row's source columns (no SELECT, read_text, read_csv, ...)"
+                )
             if x.get("class") == "COLUMN_REF" and x.get("column_names"):
                 cols.add(x["column_names"][-1])
             for v in x.values():
