@@ -169,7 +169,7 @@ def check_run_config(run_config: dict) -> None:
     from pydantic import ValidationError
 
     from assets.simulation import RetailDecisionsConfig
-    from assets.simulation import logic as S
+    from assets.simulation import plan as S
 
     try:
         full = RetailDecisionsConfig(**cfg).model_dump()

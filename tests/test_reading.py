@@ -10,7 +10,7 @@ import pytest
 
 from assets.prompts import logic as P
 from assets.prompts import templates as T
-from assets.simulation import logic as S
+from assets.simulation import decide
 from assets.simulation import reading as R
 from tests.llm_fixtures import tiny_test_model
 from tests.test_prompts import customer, option
@@ -63,7 +63,7 @@ def scores_for(n: int, seed: int = 0) -> dict[int, float]:
 
 
 def probs(u: np.ndarray) -> np.ndarray:
-    return S.softmax(u)
+    return decide.softmax(u)
 
 
 # ----------------------------------------------------------------------------- under budget: the single prompt
@@ -73,7 +73,7 @@ def test_under_budget_is_the_single_prompt_distribution():
     eps = [episode(n, f"e{n}") for n in (1, 3, 7, 10, 3)]
     eng = FakeEngine(scores_for(10))
     got, stats = R.decide_listwise_reading(eng, eps, True, True, budget_tokens=100_000)
-    want = S.decide_listwise(FakeEngine(scores_for(10)), eps, True, True)
+    want = decide.decide_listwise(FakeEngine(scores_for(10)), eps, True, True)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
@@ -98,7 +98,7 @@ def test_no_options_is_an_empty_array():
 def test_over_budget_but_one_slice_stays_a_single_prompt():
     eps = [episode(4)]
     got, stats = R.decide_listwise_reading(FakeEngine(scores_for(4)), eps, True, True, budget_tokens=1)
-    want = S.decide_listwise(FakeEngine(scores_for(4)), eps, True, True)
+    want = decide.decide_listwise(FakeEngine(scores_for(4)), eps, True, True)
     np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-9)
     assert stats["n_over_budget"] == 1 and stats["n_read"] == 0 and stats["n_single"] == 1
 
@@ -254,14 +254,14 @@ def test_tiny_model_reading(engine):
     eps = [episode(7, "a"), episode(3, "b"), episode(12, "c", first=20)]
     small = eps[:2]
     got, _ = R.decide_listwise_reading(engine, small, True, False, budget_tokens=100_000)
-    want = S.decide_listwise(engine, small, True, False)
+    want = decide.decide_listwise(engine, small, True, False)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-9)
 
     budget = len(engine.encode(P.listwise_pair(eps[1], True, False)["prompt"]))
     got, stats = R.decide_listwise_reading(engine, eps, True, False, budget_tokens=budget, floor=0.1)
     assert stats["n_read"] == 2 and stats["n_single"] == 1 and stats["n_decider_prompts"] == 2
-    np.testing.assert_allclose(got[1], S.decide_listwise(engine, eps[1:2], True, False)[0], atol=1e-9)
+    np.testing.assert_allclose(got[1], decide.decide_listwise(engine, eps[1:2], True, False)[0], atol=1e-9)
     for ep, u in zip(eps, got, strict=True):
         p = np.exp(u)
         assert u.shape == (len(ep.options),) and (p > 0).all()

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.simulation import logic as S
+from assets.simulation import decide, plan, report
 from tests.llm_fixtures import tiny_test_model
 from tests.test_prompts import make_warehouse
 
@@ -97,42 +97,42 @@ def engine(tiny_model):
 
 
 def test_names_periods_and_adapter_choice(tmp_path):
-    assert S.method_name("utility", False) == "llm_zero_shot_utility"
-    assert S.method_name("listwise", True, include_style=False) == "llm_aligned_listwise_no_style"
-    assert S.method_name("utility", False, True, False) == "llm_zero_shot_utility_no_signals"
-    assert S.parse_periods("val, test") == ["val", "test"]
+    assert plan.method_name("utility", False) == "llm_zero_shot_utility"
+    assert plan.method_name("listwise", True, include_style=False) == "llm_aligned_listwise_no_style"
+    assert plan.method_name("utility", False, True, False) == "llm_zero_shot_utility_no_signals"
+    assert plan.parse_periods("val, test") == ["val", "test"]
     with pytest.raises(ValueError):
-        S.parse_periods("train")
-    assert S.choose_adapter(None, "default", True) == ("", "no lora_adapters row")
-    assert S.choose_adapter({"adapter_path": str(tmp_path)}, "default", True)[0] == ""  # no adapter files
+        plan.parse_periods("train")
+    assert plan.choose_adapter(None, "default", True) == ("", "no lora_adapters row")
+    assert plan.choose_adapter({"adapter_path": str(tmp_path)}, "default", True)[0] == ""  # no adapter files
     (tmp_path / "adapter_config.json").write_text("{}")
     row = {"adapter_path": str(tmp_path), "base_model": "default", "dagster_run_id": "r1"}
-    assert S.choose_adapter(row, "default", True)[0] == str(tmp_path)
-    assert S.choose_adapter(row, "default", False)[0] == ""
-    assert S.choose_adapter(row, "/other/model", True)[0] == ""  # trained on another base model
+    assert plan.choose_adapter(row, "default", True)[0] == str(tmp_path)
+    assert plan.choose_adapter(row, "default", False)[0] == ""
+    assert plan.choose_adapter(row, "/other/model", True)[0] == ""  # trained on another base model
 
 
 def test_latest_adapter_reads_the_table_when_present(tmp_path):
     conn = duckdb.connect(str(tmp_path / "a.duckdb"))
-    assert S.latest_adapter(conn) is None  # no table
+    assert plan.latest_adapter(conn) is None  # no table
     _q(conn, "create table lora_adapters (dagster_run_id varchar, mlflow_run_id varchar, "
                  "adapter_path varchar, base_model varchar, created_at timestamp)")  # fmt: skip
-    assert S.latest_adapter(conn) is None  # empty
+    assert plan.latest_adapter(conn) is None  # empty
     _q(conn, "insert into lora_adapters values ('old', 'm', '/a/old', 'default', '2026-01-01'), "
                  "('new', 'm', '/a/new', 'default', '2026-02-01')")  # fmt: skip
-    assert S.latest_adapter(conn)["adapter_path"] == "/a/new"
+    assert plan.latest_adapter(conn)["adapter_path"] == "/a/new"
     conn.close()
 
 
 def test_softmax_and_top_index():
-    p = S.softmax(np.array([0.0, math.log(3.0)]))
+    p = decide.softmax(np.array([0.0, math.log(3.0)]))
     assert p == pytest.approx([0.25, 0.75])
-    assert S.softmax(np.array([1000.0, 1000.0])) == pytest.approx([0.5, 0.5])
-    assert S.softmax(np.array([np.nan, 0.0])) == pytest.approx([0.0, 1.0])
+    assert decide.softmax(np.array([1000.0, 1000.0])) == pytest.approx([0.5, 0.5])
+    assert decide.softmax(np.array([np.nan, 0.0])) == pytest.approx([0.0, 1.0])
 
 
 def test_sample_matches_the_protocol(conn):
-    eps, members = S.load_sample(conn, ["test"], seed=0, n_per_split=0)
+    eps, members = plan.load_sample(conn, ["test"], seed=0, n_per_split=0)
     assert sorted(e.episode.episode_id for e in eps) == sorted(TEST_CHOSEN)
     got = {(r["episode_id"], r["split"]) for r in members.iter_rows(named=True)}
     assert ("b7|SNACKS", "test_sparse") in got and ("b5|SNACKS", "test_sparse") in got
@@ -142,7 +142,7 @@ def test_sample_matches_the_protocol(conn):
     import hashlib
 
     keys = sorted((hashlib.md5(f"0|{e.split('|')[0]}|SNACKS".encode()).hexdigest(), e) for e in TEST_CHOSEN)
-    _, m2 = S.load_sample(conn, ["test"], seed=0, n_per_split=2)
+    _, m2 = plan.load_sample(conn, ["test"], seed=0, n_per_split=2)
     assert set(m2.filter(split="test_all")["episode_id"].to_list()) == {e for _, e in keys[:2]}
     # episodes come in md5 order (every split advancing together): any prefix is a smaller sample
     rank = {}
@@ -156,17 +156,17 @@ def test_sample_matches_the_protocol(conn):
 
 
 def test_decisions_equal_a_direct_softmax_of_scores(conn, engine):
-    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=3)
-    run = S.run_decisions(conn, engine, settings, "llm_zero_shot_utility", "run-1", log=lambda _: None)
+    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    run = decide.run_decisions(conn, engine, settings, "llm_zero_shot_utility", "run-1", log=lambda _: None)
     d = run.decisions
     assert d.height == 4 * 3
     sums = d.group_by("episode_id").agg(pl.col("prob").sum(), pl.col("is_top").sum())
     assert sums["prob"].to_list() == pytest.approx([1.0] * 4, abs=1e-12)
     assert sums["is_top"].to_list() == [1] * 4
     # an independent computation for one episode: the plain (no prefix reuse) score of each full prompt
-    eps, _ = S.load_sample(conn, ["test"], 0, 0)
+    eps, _ = plan.load_sample(conn, ["test"], 0, 0)
     ep = next(e for e in eps if e.episode.episode_id == "b6|SNACKS")
-    ((prefix, suffixes),) = S.utility_items([ep], True, True)
+    ((prefix, suffixes),) = decide.utility_items([ep], True, True)
     u = engine.score_options(prefix, suffixes, prefix_reuse=False)
     p = np.exp(u - u.max()) / np.exp(u - u.max()).sum()
     mine = d.filter(episode_id="b6|SNACKS").sort("product_id")
@@ -184,8 +184,8 @@ def test_decisions_equal_a_direct_softmax_of_scores(conn, engine):
 
 
 def test_listwise_form_is_a_distribution(conn, engine):
-    settings = S.DecisionSettings(n_per_split=0, form="listwise", quantity=False)
-    run = S.run_decisions(conn, engine, settings, "llm_zero_shot_listwise", "r", log=lambda _: None)
+    settings = plan.DecisionSettings(n_per_split=0, form="listwise", quantity=False)
+    run = decide.run_decisions(conn, engine, settings, "llm_zero_shot_listwise", "r", log=lambda _: None)
     d = run.decisions
     sums = d.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_list()
     assert sums == pytest.approx([1.0] * 4, abs=1e-9)
@@ -207,11 +207,13 @@ def _hand_metrics(frame: pl.DataFrame, score: str, episodes: list[str]) -> tuple
 
 
 def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
-    run = S.run_decisions(conn, engine, S.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None)
-    S.write_decisions(conn, run, "llm_x")
-    S.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
+    run = decide.run_decisions(
+        conn, engine, plan.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None
+    )
+    decide.write_decisions(conn, run, "llm_x")
+    decide.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
     assert conn.execute("select count(*) from retail_decisions").fetchall()[0][0] == 12
-    metrics, fits = S.build_report(conn, log=lambda _: None)
+    metrics, fits = report.build_report(conn, log=lambda _: None)
     # no clogit among the baselines: the hybrid has nothing to combine with and reports no rows
     assert [f.n_val_episodes for f in fits] == [0] and set(metrics["sample"]) == {"main"}
     assert set(zip(metrics["method"], metrics["split"], strict=True)) == {
@@ -237,16 +239,18 @@ def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
     pred = {e: max(q, 1) for e, q in zip(top["episode_id"], top["median_qty"], strict=True)}
     mae = np.mean([abs(pred[e] - TEST_QTY[e]) for e in everything])
     assert metrics.filter(method="llm_x", split="test_all")["qty_mae"][0] == pytest.approx(mae)
-    md = S.report_markdown(metrics, fits)
+    md = report.report_markdown(metrics, fits)
     assert "always_p1" in md and "llm_x" in md and "test_sparse" in md
-    png = S.plot_hit1(metrics, tmp_path / "p.png")
+    png = report.plot_hit1(metrics, tmp_path / "p.png")
     assert png.stat().st_size > 1000
     conn.close()
 
 
 def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
-    run = S.run_decisions(conn, engine, S.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None)
-    S.write_decisions(conn, run, "llm_x")
+    run = decide.run_decisions(
+        conn, engine, plan.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None
+    )
+    decide.write_decisions(conn, run, "llm_x")
     rows = conn.execute(
         "select episode_id, product_id, score from baseline_predictions where method = 'always_p1'"
     ).fetchall()
@@ -256,7 +260,7 @@ def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
             "insert into baseline_predictions values ('lgbm', $e, $p, $s, null)",
             {"e": e, "p": p, "s": -score},
         )
-    metrics, fits = S.build_report(conn, log=lambda _: None)
+    metrics, fits = report.build_report(conn, log=lambda _: None)
     assert [(f.method, f.base_method) for f in fits] == [
         ("hybrid_llm_x", "clogit"),
         ("hybrid_lgbm_llm_x", "lgbm"),
@@ -266,13 +270,13 @@ def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
     # one val episode is too few to fit: the hybrid is lgbm itself, so its hit@1 is lgbm's (p3 chosen once)
     lg = metrics.filter(method="lgbm", split="test_all")["hit1"][0]
     assert hyb.filter(split="test_all")["hit1"][0] == pytest.approx(lg) == pytest.approx(1 / 4)
-    assert "s_lgbm" in S.report_markdown(metrics, fits)
+    assert "s_lgbm" in report.report_markdown(metrics, fits)
     conn.close()
 
 
 def test_report_without_decisions_or_baselines(tmp_path):
     conn = duckdb.connect(str(tmp_path / "e.duckdb"))
-    metrics, fits = S.build_report(conn, log=lambda _: None)
+    metrics, fits = report.build_report(conn, log=lambda _: None)
     assert metrics.height == 0 and fits == []
     conn.close()
 
@@ -300,18 +304,20 @@ class CountingEngine:
 @pytest.mark.parametrize("mode", ["score", "sample"])
 def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode):
     form = "utility" if mode == "score" else "listwise"
-    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
+    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
     plain = CountingEngine(engine)
-    ref = S.run_decisions(conn, plain, settings, "m", "r", log=lambda _: None)
+    ref = decide.run_decisions(conn, plain, settings, "m", "r", log=lambda _: None)
     per_run = plain.calls
     assert per_run % 2 == 0 and ref.checkpoint is None  # two chunks of 2 episodes, the same calls each
 
     ckpt = tmp_path / "ckpt" / "m-key"
     stopping = CountingEngine(engine, fail_after=per_run // 2 + 1)  # stops inside the second chunk
     with pytest.raises(RuntimeError, match="stopped"):
-        S.run_decisions(conn, stopping, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+        decide.run_decisions(conn, stopping, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     resumed_engine = CountingEngine(engine)
-    run = S.run_decisions(conn, resumed_engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    run = decide.run_decisions(
+        conn, resumed_engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt
+    )
     assert run.info["n_resumed"] == 2 and resumed_engine.calls == per_run // 2  # only chunk 2 decided again
     assert run.decisions.drop("run_id").equals(ref.decisions.drop("run_id"))
     assert run.samples.sort(pl.all()).equals(ref.samples.sort(pl.all()))
@@ -320,16 +326,16 @@ def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode)
     }
     # everything saved: a third run decides nothing; a damaged chunk is decided again, never trusted
     again = CountingEngine(engine)
-    S.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    decide.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     assert again.calls == 0
     (folder,) = ckpt.parent.iterdir()
     (folder / "chunk_000000.parquet").write_bytes(b"not parquet")
-    S.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    decide.run_decisions(conn, again, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     assert again.calls == per_run // 2
     # another sample (other episodes) never reuses the chunks of this one
     other = CountingEngine(engine)
-    small = S.DecisionSettings(**{**settings.__dict__, "n_per_split": 1})
-    S.run_decisions(conn, other, small, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    small = plan.DecisionSettings(**{**settings.__dict__, "n_per_split": 1})
+    decide.run_decisions(conn, other, small, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     assert other.calls > 0 and len(list(ckpt.parent.iterdir())) == 2
     run.checkpoint.clear()
     assert not folder.exists()
@@ -339,14 +345,14 @@ def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode)
 def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(conn, tmp_path, engine):
     import time
 
-    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=1)
+    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=1)
     ckpt = tmp_path / "ckpt" / "m"
-    full = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None)
-    eps, members, _ = S.load_run_sample(conn, settings)
+    full = decide.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None)
+    eps, members, _ = plan.load_run_sample(conn, settings)
     with pytest.raises(RuntimeError, match="stopped"):  # 3 chunks (episodes) decided, then the stop
-        S.run_decisions(conn, CountingEngine(engine, 6), settings, "m", "r", log=lambda _: None,
+        decide.run_decisions(conn, CountingEngine(engine, 6), settings, "m", "r", log=lambda _: None,
                         checkpoint_dir=ckpt)  # fmt: skip
-    run = S.run_decisions(
+    run = decide.run_decisions(
         conn, engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt, deadline=time.monotonic()
     )
     assert run.info["n_decided"] == 3 and run.info["n_planned"] == 4 and not run.info["complete"]
@@ -360,7 +366,7 @@ def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(conn, tmp_path, 
     ref = full.decisions.drop("run_id").filter(pl.col("episode_id").is_in(want["episode_id"].to_list()))
     assert mine.equals(ref.sort("episode_id", "product_id"))
     # no budget: the run goes on from the checkpoint to the whole sample
-    done = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
+    done = decide.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     assert (
         done.info["complete"] and done.info["n_resumed"] == 3 and done.members.height == full.members.height
     )
@@ -385,14 +391,14 @@ def test_assets_materialize(tiny_model, duckdb_resource, mlflow_resource, monkey
                      "dagster_run_id varchar, mlflow_run_id varchar, created_at timestamp)")  # fmt: skip
         _q(conn, "insert into lora_adapters values ('/nowhere', 'x', 'r0', 'm0', $t)", {"t": datetime.now()})
     # while the agents decide, another process can open the warehouse (the asset does not hold it)
-    opened, decide_chunk = [], S.decide_chunk
+    opened, decide_chunk = [], decide.decide_chunk
 
     def deciding(*a, **kw):
         probe = f"import duckdb; duckdb.connect({duckdb_resource.database!r}).close()"
         opened.append(subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode)
         return decide_chunk(*a, **kw)
 
-    monkeypatch.setattr(S, "decide_chunk", deciding)
+    monkeypatch.setattr(decide, "decide_chunk", deciding)
     result = dg.materialize(
         [retail_decisions, eval_report],
         resources={
@@ -460,7 +466,7 @@ def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
     from resources.llm import LLMResource
 
     build_warehouse(duckdb_resource.database)
-    run_decisions, decided = S.run_decisions, []
+    run_decisions, decided = decide.run_decisions, []
 
     def variant_out_of_time(*a, **kw):  # the time budget runs out when the variant starts
         if a[3] == "llm_zero_shot_listwise" and len(decided) == 1:  # in the first materialization
@@ -469,7 +475,7 @@ def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
         decided.append((a[3], out.info["n_resumed"], out.info["complete"]))
         return out
 
-    monkeypatch.setattr(S, "run_decisions", variant_out_of_time)
+    monkeypatch.setattr(decide, "run_decisions", variant_out_of_time)
     config = RetailDecisionsConfig(
         n_per_split=0, variants=["zero_shot_listwise"], variant_n=2, variant_splits=["test_all"]
     )
@@ -509,13 +515,15 @@ def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
 
 
 def test_plan_without_the_primary_decides_only_the_variants():
-    runs = S.plan_decision_runs({"primary": False, "variants": ["aligned_utility_no_style"], "variant_n": 5})
+    runs = plan.plan_decision_runs(
+        {"primary": False, "variants": ["aligned_utility_no_style"], "variant_n": 5}
+    )
     assert [(r.settings.include_style, r.splits, r.settings.n_per_split) for r in runs] == [
         (False, ["test_all"], 5)
     ]
-    assert len(S.plan_decision_runs({"variants": ["aligned_utility_no_style"]})) == 2
+    assert len(plan.plan_decision_runs({"variants": ["aligned_utility_no_style"]})) == 2
     with pytest.raises(ValueError, match="nothing to decide"):
-        S.plan_decision_runs({"primary": False, "variants": []})
+        plan.plan_decision_runs({"primary": False, "variants": []})
 
 
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
@@ -544,8 +552,10 @@ def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
 
 
 def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
-    settings = S.DecisionSettings(n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False)
-    run = S.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
+    settings = plan.DecisionSettings(
+        n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False
+    )
+    run = decide.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
     # every (episode, run) holds exactly k answers, parseable or counted as unparseable (product_id null)
     per = run.samples.group_by("episode_id", "sample_run").agg(pl.col("n").sum())
     assert per.height == 4 * 4 and set(per["n"]) == {3}
@@ -553,10 +563,10 @@ def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
     assert 0.0 <= run.info["parse_failure_rate"] <= 1.0
     probs = run.decisions.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_list()
     assert probs == pytest.approx([1.0] * 4) and run.decisions["prob"].min() > 0  # smoothed: no zero
-    S.write_decisions(conn, run, "llm_s")
-    S.write_decisions(conn, run, "llm_s")  # replaced, never duplicated
+    decide.write_decisions(conn, run, "llm_s")
+    decide.write_decisions(conn, run, "llm_s")  # replaced, never duplicated
     assert conn.execute("select sum(n) from retail_decision_samples").fetchall()[0][0] == 48
-    metrics, _ = S.build_report(conn, log=lambda _: None)
+    metrics, _ = report.build_report(conn, log=lambda _: None)
     row = metrics.filter(method="llm_s", split="test_all").row(0, named=True)
     assert 0.0 <= row["top1_agreement"] <= 1.0
     # the tiny random model rarely answers with a bare label: with no parseable answer there are no shares
@@ -574,10 +584,10 @@ def test_stability_by_hand():
         ("e2", 0, "p1", 3), ("e2", 1, "p2", 2), ("e2", 1, None, 1), ("e2", 2, None, 3),
     ]  # fmt: skip
     samples = pl.DataFrame(
-        [("r", "m", e, run, p, n) for e, run, p, n in rows], schema=S.SAMPLES_SCHEMA, orient="row"
+        [("r", "m", e, run, p, n) for e, run, p, n in rows], schema=decide.SAMPLES_SCHEMA, orient="row"
     )
     members = pl.DataFrame({"episode_id": ["e1", "e2"], "split": ["test_all", "test_all"]})
-    st = S.stability(samples, members).row(0, named=True)
+    st = report.stability(samples, members).row(0, named=True)
     # pairs (0,1): e1 same, e2 differ -> 1/2; (0,2): e1 p1 vs p2, e2 p1 vs none -> 0; (1,2): 0
     assert st["top1_agreement"] == pytest.approx((0.5 + 0 + 0) / 3)
     # shares per run over parseable answers: run0 p1 5/6 p2 1/6; run1 p1 3/5 p2 2/5; run2 p2 1
@@ -594,25 +604,25 @@ def test_quantity_median_by_hand():
 
     from tests.test_prompts import EPISODE, customer, option
 
-    ep = S.P.PromptEpisode("test", customer(), EPISODE, [option("p1")], "p1", 1)
-    ((mean, median),) = S.quantity_distributions(Fixed(), [ep], [0], True, True)
+    ep = plan.P.PromptEpisode("test", customer(), EPISODE, [option("p1")], "p1", 1)
+    ((mean, median),) = decide.quantity_distributions(Fixed(), [ep], [0], True, True)
     assert median == 3.0  # P(Q <= 2) = 0.45, P(Q <= 3) = 0.50
     assert mean == pytest.approx(0.3 + 0.3 + 0.15 + sum(q * 0.5 / 6 for q in range(4, 10)))
 
 
 def test_quantity_model_asks_the_adapter_only_when_it_learnt_the_quantity(tmp_path):
-    assert S.quantity_model("", "adapter") == ("", "no adapter: the base model decides")
-    assert S.quantity_model(str(tmp_path), "adapter")[0] == str(tmp_path)
-    assert S.quantity_model(str(tmp_path), "base")[0] == ""
-    assert S.quantity_model(str(tmp_path), "auto")[0] == ""  # no train_result.json: saved before the field
+    assert plan.quantity_model("", "adapter") == ("", "no adapter: the base model decides")
+    assert plan.quantity_model(str(tmp_path), "adapter")[0] == str(tmp_path)
+    assert plan.quantity_model(str(tmp_path), "base")[0] == ""
+    assert plan.quantity_model(str(tmp_path), "auto")[0] == ""  # no train_result.json: saved before the field
     (tmp_path / "train_result.json").write_text('{"quantity_episodes": 0}')
-    assert S.quantity_model(str(tmp_path), "auto")[0] == ""
+    assert plan.quantity_model(str(tmp_path), "auto")[0] == ""
     (tmp_path / "train_result.json").write_text('{"quantity_episodes": 12}')
-    assert S.quantity_model(str(tmp_path), "auto")[0] == str(tmp_path)
+    assert plan.quantity_model(str(tmp_path), "auto")[0] == str(tmp_path)
     (tmp_path / "train_result.json").write_text("not json")
-    assert S.quantity_model(str(tmp_path), "auto")[0] == ""
+    assert plan.quantity_model(str(tmp_path), "auto")[0] == ""
     with pytest.raises(ValueError, match="quantity_source 'adapters': use one of"):
-        S.quantity_model(str(tmp_path), "adapters")
+        plan.quantity_model(str(tmp_path), "adapters")
 
 
 def test_a_second_engine_answers_the_quantity(conn, engine):
@@ -622,9 +632,9 @@ def test_a_second_engine_answers_the_quantity(conn, engine):
         def label_logprobs(self, prompts, labels):
             return np.log(np.tile([1e-9] * 6 + [1.0] + [1e-9] * 2, (len(prompts), 1)))
 
-    settings = S.DecisionSettings(n_per_split=0, chunk_episodes=3)
-    own = S.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None).decisions
-    other = S.run_decisions(
+    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    own = decide.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None).decisions
+    other = decide.run_decisions(
         conn, engine, settings, "m", "r", log=lambda _: None, qty_engine=Sevens()
     ).decisions
     assert other["utility"].to_list() == own["utility"].to_list()  # the choices are the deciding engine's
@@ -707,7 +717,7 @@ def test_gap_lines_set_the_llm_alone_and_the_best_hybrid_against_the_best_baseli
     m = pl.DataFrame(rows, schema=["split", "method", "kind", "hit1"], orient="row").with_columns(
         n_episodes=pl.lit(100), sample=pl.lit("main")
     )
-    lines = S.gap_lines(m)
+    lines = report.gap_lines(m)
     assert (
         lines[0] == "- val (n=100): best LLM llm_a 0.4000 vs best baseline lgbm 0.4500: LLM behind by 0.0500"
     )

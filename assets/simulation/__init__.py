@@ -1,7 +1,8 @@
 """Simulation stage: the LLM retail agent decides on the evaluation episodes (retail_decisions) and is
 measured beside the baselines on the same sample episodes (eval_report).
 
-Thin Dagster wiring; the work is in logic.py, SQL in sql/simulation/.
+Thin Dagster wiring; the work is in plan.py (names, the adapter, the sample), decide.py (the agents decide)
+and report.py (eval_report's metrics), SQL in sql/simulation/.
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
-from assets.simulation import logic
+from assets.simulation import decide, plan, report
 from assets.simulation.checkpoint import checkpoint_key
 from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
@@ -90,7 +91,7 @@ def retail_decisions(
     Episodes are decided in md5-sample order and checkpointed per chunk: a stopped run goes on where it
     stopped (resume), and max_minutes writes the protocol's sample at the largest N completed (metadata
     complete: false)."""
-    runs = logic.plan_decision_runs(config.model_dump())
+    runs = plan.plan_decision_runs(config.model_dump())
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes > 0 else None
     meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model, "complete": True}
     engines: dict[str, object] = {}
@@ -100,9 +101,9 @@ def retail_decisions(
     # the warehouse is opened only to read each sample and to write each method's rows: the hours of
     # deciding in between leave it free for other runs and the UI
     with duckdb.get_connection() as conn:
-        adapter, reason = logic.choose_adapter(logic.latest_adapter(conn), llm.model, True)
+        adapter, reason = plan.choose_adapter(plan.latest_adapter(conn), llm.model, True)
     meta["adapter"], meta["adapter_reason"] = adapter or "none", reason
-    qty_path, qty_reason = logic.quantity_model(adapter, config.quantity_source)
+    qty_path, qty_reason = plan.quantity_model(adapter, config.quantity_source)
     meta["quantity_model"] = "adapter" if qty_path else "base"
     meta["quantity_model_reason"] = qty_reason
 
@@ -116,7 +117,7 @@ def retail_decisions(
         path = adapter if spec.aligned else ""
         if spec.aligned and not adapter:
             context.log.warning(f"retail_decisions: no adapter ({reason}): {spec.method} runs zero-shot")
-        method = logic.method_name(spec.settings.form, bool(path), *spec.ablation)
+        method = plan.method_name(spec.settings.form, bool(path), *spec.ablation)
         if method in meta["methods"]:
             context.log.info(f"retail_decisions: {method} already decided in this run; skipped")
             continue
@@ -125,7 +126,7 @@ def retail_decisions(
         own_qty = spec.settings.quantity and qpath != path  # a second engine answers the quantity
         context.log.info(
             f"retail_decisions: {method} ({'adapter ' + path if path else 'zero-shot'}) on "
-            f"{spec.splits or logic.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
+            f"{spec.splits or plan.parse_periods(spec.settings.period)}, n={spec.settings.n_per_split}"
             + (f"; quantity from the base model ({qty_reason})" if own_qty else "")
         )
         ckpt = None
@@ -143,8 +144,8 @@ def retail_decisions(
             )
             ckpt = data_dir() / "simulation" / "checkpoints" / f"{method}-{key}"
         with duckdb.get_connection() as conn:
-            sample = logic.load_run_sample(conn, spec.settings, spec.splits)
-        run = logic.run_decisions(
+            sample = plan.load_run_sample(conn, spec.settings, spec.splits)
+        run = decide.run_decisions(
             None,
             engine_of(path),
             spec.settings,
@@ -158,7 +159,7 @@ def retail_decisions(
             qty_engine=engine_of(qpath) if own_qty else None,
         )
         with duckdb.get_connection() as conn:
-            logic.write_decisions(conn, run, method)
+            decide.write_decisions(conn, run, method)
         if not run.info["complete"]:
             meta["complete"] = False
             context.log.warning(
@@ -204,28 +205,28 @@ def eval_report(
     each method's rows come from."""
     out_dir = data_dir() / "simulation" / context.run.run_id
     with duckdb.get_connection() as conn:
-        metrics, fits = logic.build_report(conn, config.methods or None, log=context.log.info)
-        logic.write_report(conn, metrics)
-        plot = logic.plot_hit1(metrics, out_dir / "eval_hit1.png")
+        metrics, fits = report.build_report(conn, config.methods or None, log=context.log.info)
+        report.write_report(conn, metrics)
+        plot = report.plot_hit1(metrics, out_dir / "eval_hit1.png")
         csv = out_dir / "eval_metrics.csv"
         metrics.write_csv(csv)
-        md = logic.report_markdown(metrics, fits)
+        md = report.report_markdown(metrics, fits)
         context.log.info("eval_report:\n" + md)
         meta = {
             **table_metadata(metrics),
             "metrics": dg.MetadataValue.md(md),
             "plot_path": dg.MetadataValue.path(str(plot)),
             **{f"plot_{k}": v for k, v in artifact_metadata(plot).items() if k != "path"},
-            **logic.headline_metrics(metrics.filter(pl.col("sample") == "main")),
+            **report.headline_metrics(metrics.filter(pl.col("sample") == "main")),
             **{
                 f"variants/{k}": v
-                for k, v in logic.headline_metrics(metrics.filter(pl.col("sample") == "variants")).items()
+                for k, v in report.headline_metrics(metrics.filter(pl.col("sample") == "variants")).items()
             },
             **{k: v for fit in fits for k, v in fit.as_metadata().items()},
             # lineage: the retail_decisions run behind each LLM row (its metadata names model and adapter)
             **{
                 f"source_run.{method}": dg.MetadataValue.text(runs)
-                for method, runs in logic.decision_sources(conn).items()
+                for method, runs in report.decision_sources(conn).items()
             },
         }
         meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump(), artifacts=[plot, csv])
