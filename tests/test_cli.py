@@ -195,3 +195,58 @@ def test_bad_agent_settings_fail_before_the_run_starts(data_dir, capsys, monkeyp
     code = main(["run", "--select", "retail_decisions", "--config", override])
     err = capsys.readouterr().err.strip()
     assert code == 2 and says in err and "\n" not in err
+
+
+def test_select_with_a_wildcard_takes_the_ingest_multi_asset_whole(data_dir):
+    from pipelines.cli import select_assets
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("main_job")
+    keys, ops = select_assets(job, "*baseline_report")
+    names = {k.to_user_string() for k in keys}
+    assert {"raw_transactions", "products", "customers", "quarantined_rows", "baseline_report"} <= names
+    assert "ingest" in ops and "lora_adapter" not in ops
+
+
+def test_ingest_dir_with_the_mapping_beside_it_loads_the_dir(data_dir):
+    exports = data_dir / "exports"
+    exports.mkdir()
+    (exports / "products.csv").write_text("product_id,category\np1,A\n", encoding="utf-8")
+    _write_canonical_csv(exports / "transactions.csv", ["t1,b1,2024-01-01 10:00:00,c1,p1,1,2.0,2.5,retail"])
+    mapping = data_dir / "my_shop.yaml"
+    mapping.write_text("extends: canonical\nsource: my_shop\n", encoding="utf-8")
+    wh = data_dir / "shop.duckdb"
+    out = _run(["--warehouse", str(wh), "ingest", str(exports), "--mapping", str(mapping)], data_dir)
+    assert out.returncode == 0, out.stderr
+    with duckdb.connect(str(wh), read_only=True) as conn:
+        assert conn.execute("select count(*) from raw_transactions").fetchone()[0] == 1
+    empty = data_dir / "nothing_here"
+    empty.mkdir()
+    (empty / "notes.csv").write_text("a\n1\n", encoding="utf-8")
+    out = _run(["--warehouse", str(wh), "ingest", str(empty), "--mapping", str(mapping)], data_dir)
+    last = out.stderr.strip().splitlines()[-1]  # after the warning naming notes.csv
+    assert out.returncode != 0 and last.startswith("malles: error: no file under") and "matches the globs" in last
+
+
+def test_ingest_waits_a_bounded_time_for_the_lock_then_names_the_holder(data_dir):
+    wh = data_dir / "locked.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        f = data_dir / "transactions.csv"
+        _write_canonical_csv(f, ["t1,b1,2024-01-01 10:00:00,c1,p1,1,2.0,2.5,retail"])
+        out = _run(
+            ["--warehouse", str(wh), "ingest", str(f), "--mapping", "canonical", "--lock-wait", "1"], data_dir
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1
+    assert "waiting up to 1 s for the lock" in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("malles: error:") and f"PID {holder.pid}" in last and "--warehouse" in last

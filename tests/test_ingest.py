@@ -663,3 +663,153 @@ def test_materialize_ingest_assets_on_a_tiny_canonical_source(tmp_path, duckdb_r
         "prices_non_negative": True,
         "quantities_positive": True,
     }
+
+
+# --------------------------------------------------------------------------- issue 11: one-file exports, failures that say so
+
+ONLINE_RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
+ONLINE_RETAIL = [
+    "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,12/1/2010 8:26,2.55,17850.0,United Kingdom",
+    "536365,71053,WHITE METAL LANTERN,6,12/1/2010 8:26,3.39,17850.0,United Kingdom",
+    "536366,85123A,WHITE HANGING HEART T-LIGHT HOLDER,2,12/1/2010 8:28,2.55,17850.0,United Kingdom",
+    "536367,85123A,CREAM HANGING HEART T-LIGHT HOLDER,1,12/1/2010 8:34,2.55,13047.0,United Kingdom",
+    "536367,71053,WHITE METAL LAMP,4,12/1/2010 8:34,3.39,13047.0,United Kingdom",  # other category
+    "536368,POST,POSTAGE,1,12/1/2010 8:34,18.0,12583.0,France",
+    "C536379,71053,WHITE METAL LANTERN,-1,12/1/2010 9:41,3.39,13047.0,United Kingdom",  # cancellation
+    "536380,22728,ALARM CLOCK BAKELIKE PINK,24,12/1/2010 9:41,3.75,,United Kingdom",  # no customer
+]
+
+
+def test_online_retail_one_file_feeds_three_tables_and_reingest_adds_nothing(tmp_path, conn):
+    export = write(tmp_path / "exports" / "Online_Retail.csv", [ONLINE_RETAIL_HEADER, *ONLINE_RETAIL])
+    mapping = logic.builtin_mapping_path("online_retail")
+    reports = logic.ingest_source(conn, mapping, paths=[export], progress=False)
+    by_table = {r.table_name: r for r in reports}
+    assert set(by_table) == {"transactions", "products", "customers"}
+    for r in reports:
+        assert r.status == "loaded" and r.rows_in == len(ONLINE_RETAIL)
+        assert r.rows_in == r.rows_loaded + r.rows_quarantined + r.rows_duplicate
+    p = by_table["products"]
+    # 85123A: HOLDER x3 (two descriptions: the second conflicts); 71053: LANTERN x2, LAMP x1 (other_category)
+    assert (p.rows_loaded, p.rows_quarantined, p.rows_duplicate) == (4, 2, 2)
+    assert p.reasons == {"conflicting_product_id": 1, "other_category": 1}
+    assert q(conn, "select product_id, category, is_merchandise from products order by product_id") == [
+        ("22728", "PINK", True),
+        ("71053", "LANTERN", True),
+        ("85123A", "HOLDER", True),
+        ("POST", "POSTAGE", False),
+    ]
+    t = by_table["transactions"]
+    assert (t.rows_loaded, t.rows_quarantined, t.rows_duplicate) == (6, 2, 0)
+    assert t.reasons == {"missing_value": 1, "non_positive_quantity": 1}
+    c = by_table["customers"]
+    assert (c.rows_loaded, c.rows_quarantined, c.rows_duplicate) == (3, 1, 4)
+    assert q(conn, "select customer_id, segment from customers order by 1") == [
+        ("12583", "France"),
+        ("13047", "United Kingdom"),
+        ("17850", "United Kingdom"),
+    ]
+    assert logic.check_ingest_counts_add_up(conn)[0]
+    before = snapshot(conn)
+    again = logic.ingest_source(conn, mapping, paths=[export], progress=False)
+    assert [r.status for r in again] == ["skipped"] * 3
+    assert snapshot(conn) == before
+
+
+def test_one_file_copied_under_three_names_feeds_each_table(tmp_path, conn):
+    lines = ["product_id,category,customer_id,segment", "p1,MILK,c1,young", "p2,BREAD,c2,old"]
+    for name in ("products.csv", "customers.csv", "transactions_products.csv"):
+        write(tmp_path / "src" / name, lines)
+    mapping = tmp_path / "src" / "mapping.yaml"
+    mapping.write_text(
+        "products: {files: products.csv, columns: {product_id: product_id, category: category}}\n"
+        "customers: {files: customers.csv, columns: {customer_id: customer_id, segment: segment}}\n",
+        encoding="utf-8",
+    )
+    reports = logic.ingest_source(conn, str(mapping), progress=False)
+    assert [(r.table_name, r.status, r.rows_loaded) for r in reports] == [
+        ("products", "loaded", 2),
+        ("customers", "loaded", 2),
+    ]
+    assert q(conn, "select count(distinct file_sha256), count(*) from ingest_ledger") == [(1, 2)]
+
+
+def test_unreadable_files_are_rejected_in_one_line_and_the_others_load(tmp_path, conn):
+    mapping = canonical_source(tmp_path / "src")
+    good = tmp_path / "good.parquet"
+    pl.DataFrame({"txn_id": ["t7"], "basket_id": ["b7"]}).write_parquet(good)
+    data = good.read_bytes()
+    write(tmp_path / "src" / "transactions_2.parquet", data[: len(data) // 2])  # truncated
+    reports = logic.ingest_source(conn, str(mapping), progress=False)
+    by_file = {Path(r.source_file).name: r for r in reports}
+    bad = by_file["transactions_2.parquet"]
+    assert bad.status == "rejected" and "\n" not in bad.message
+    assert "cannot be read as parquet" in bad.message and "replace the file" in bad.message
+    assert (bad.rows_in, bad.rows_loaded, bad.rows_quarantined, bad.rows_duplicate) == (0, 0, 0, 0)
+    assert by_file["transactions.csv"].rows_loaded == 3
+    assert q(conn, "select status from ingest_ledger where source_file like '%transactions_2.parquet'") == [
+        ("rejected",)
+    ]
+    assert logic.check_ingest_counts_add_up(conn)[0]
+
+
+def test_crlf_header_over_lf_rows_loads(tmp_path, conn):
+    body = ("\n".join(GOOD_TX) + "\n").encode()
+    mapping = canonical_source(tmp_path / "src", TX_HEADER.encode() + b"\r\n" + body)
+    r = tx_report(logic.ingest_source(conn, str(mapping), progress=False))
+    assert (r.status, r.rows_in, r.rows_loaded) == ("loaded", 3, 3)
+    assert q(conn, "select channel from raw_transactions where txn_id = 't3'") == [("wholesale",)]
+
+
+def test_implausible_timestamps_and_quantities_are_quarantined_with_what_is_wrong(tmp_path, conn):
+    from datetime import datetime
+
+    lines = [
+        TX_HEADER,
+        *GOOD_TX,
+        "t4,b4,1970-01-01 00:00:00,c1,p1,1,1.0,1.0,retail",
+        "t5,b5,2999-01-01 00:00:00,c1,p1,1,1.0,1.0,retail",
+        "t6,b6,2024-01-01 10:00:00,c1,p1,2000000,1.0,1.0,retail",
+        "t7,b7,2024-01-01 10:00:00,c1,p1,9223372036854775807,1.0,1.0,retail",
+    ]
+    mapping = canonical_source(tmp_path / "src", lines)
+    limits = logic.Limits(datetime(1990, 1, 1), datetime(2030, 1, 1), 1, 1_000_000)
+    r = tx_report(logic.ingest_source(conn, str(mapping), progress=False, limits=limits))
+    assert (r.rows_loaded, r.rows_quarantined) == (3, 4)
+    assert r.reasons == {"implausible_timestamp": 2, "quantity_out_of_range": 2}
+    details = [d for (d,) in q(conn, "select detail from quarantined_rows order by row_number")]
+    assert "is before 1990-01-01" in details[0] and "is after 2030-01-01" in details[1]
+    assert "above 1000000" in details[2] and "above 1000000" in details[3]
+
+
+def test_quantity_beyond_64_bits_is_out_of_range_without_limits(tmp_path, conn):
+    lines = [TX_HEADER, "t7,b7,2024-01-01 10:00:00,c1,p1,9223372036854775807,1.0,1.0,retail"]
+    mapping = canonical_source(tmp_path / "src", lines)
+    r = tx_report(logic.ingest_source(conn, str(mapping), progress=False))
+    assert r.reasons == {"quantity_out_of_range": 1}
+
+
+def test_ingest_config_limits_default_to_1990_and_one_day_after_the_run():
+    from datetime import datetime, timedelta
+
+    from assets.ingest import IngestConfig, ingest_limits
+
+    lim = ingest_limits(IngestConfig())
+    assert lim.ts_min == datetime(1990, 1, 1)
+    assert abs(lim.ts_max - (datetime.now() + timedelta(days=1))) < timedelta(minutes=5)
+    assert (lim.quantity_min, lim.quantity_max) == (1, 1_000_000)
+
+
+def test_hostile_expression_in_a_landing_mapping_is_refused(tmp_path, conn):
+    landing = tmp_path / "landing"
+    canonical_source(
+        landing / "evil",
+        mapping_extra="products:\n  files: products.csv\n  columns:\n    product_id: product_id\n"
+        "    category: category\n"
+        "    description: {expr: \"(select content from read_text('/etc/passwd'))\"}\n",
+    )
+    (path,) = logic.landing_mappings(landing)
+    with pytest.raises(MappingError, match="subquery or table function") as e:
+        logic.load_mapping(str(path))
+    assert "\n" not in str(e.value)
+    assert q(conn, "select count(*) from products") == [(0,)]
