@@ -1,6 +1,7 @@
 """Simulation stage: retail_decisions (the LLM agent's choice distributions) and eval_report, on a tiny
 warehouse and the tiny random model of tests/llm_fixtures.py."""
 
+import dataclasses
 import math
 from datetime import datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.simulation import decide, plan, report
+from assets.simulation import RetailDecisionsConfig, decide, plan, report
 from tests.llm_fixtures import tiny_test_model
 from tests.test_prompts import make_warehouse
 
@@ -72,6 +73,12 @@ def build_warehouse(path: str) -> None:
 
 TEST_CHOSEN = {"b5|SNACKS": "p2", **{f"{b}|SNACKS": ch for b, _, _, ch, *_ in EXTRA_TEST}}
 TEST_QTY = {"b5|SNACKS": 1, **{f"{b}|SNACKS": q for b, _, _, _, q, *_ in EXTRA_TEST}}
+
+
+def settings_of(mode: str = "score", **changes) -> plan.DecisionSettings:
+    """A method's settings as the asset builds them: RetailDecisionsConfig's defaults (the only ones) with
+    `changes`, on the test period; `mode` is a variant's (the config has none)."""
+    return plan.decision_settings(RetailDecisionsConfig(**{"period": "test", **changes}), mode=mode)
 
 
 @pytest.fixture
@@ -156,7 +163,7 @@ def test_sample_matches_the_protocol(conn):
 
 
 def test_decisions_equal_a_direct_softmax_of_scores(conn, engine):
-    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    settings = settings_of(n_per_split=0, chunk_episodes=3)
     run = decide.run_decisions(conn, engine, settings, "llm_zero_shot_utility", "run-1", log=lambda _: None)
     d = run.decisions
     assert d.height == 4 * 3
@@ -184,7 +191,7 @@ def test_decisions_equal_a_direct_softmax_of_scores(conn, engine):
 
 
 def test_listwise_form_is_a_distribution(conn, engine):
-    settings = plan.DecisionSettings(n_per_split=0, form="listwise", quantity=False)
+    settings = settings_of(n_per_split=0, form="listwise", quantity=False)
     run = decide.run_decisions(conn, engine, settings, "llm_zero_shot_listwise", "r", log=lambda _: None)
     d = run.decisions
     sums = d.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_list()
@@ -207,9 +214,7 @@ def _hand_metrics(frame: pl.DataFrame, score: str, episodes: list[str]) -> tuple
 
 
 def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
-    run = decide.run_decisions(
-        conn, engine, plan.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None
-    )
+    run = decide.run_decisions(conn, engine, settings_of(n_per_split=0), "llm_x", "r", log=lambda _: None)
     decide.write_decisions(conn, run, "llm_x")
     decide.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
     assert conn.execute("select count(*) from retail_decisions").fetchall()[0][0] == 12
@@ -247,9 +252,7 @@ def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
 
 
 def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
-    run = decide.run_decisions(
-        conn, engine, plan.DecisionSettings(n_per_split=0), "llm_x", "r", log=lambda _: None
-    )
+    run = decide.run_decisions(conn, engine, settings_of(n_per_split=0), "llm_x", "r", log=lambda _: None)
     decide.write_decisions(conn, run, "llm_x")
     rows = conn.execute(
         "select episode_id, product_id, score from baseline_predictions where method = 'always_p1'"
@@ -304,7 +307,7 @@ class CountingEngine:
 @pytest.mark.parametrize("mode", ["score", "sample"])
 def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode):
     form = "utility" if mode == "score" else "listwise"
-    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
+    settings = settings_of(n_per_split=0, chunk_episodes=2, form=form, mode=mode, k=2, runs=2)
     plain = CountingEngine(engine)
     ref = decide.run_decisions(conn, plain, settings, "m", "r", log=lambda _: None)
     per_run = plain.calls
@@ -334,7 +337,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode)
     assert again.calls == per_run // 2
     # another sample (other episodes) never reuses the chunks of this one
     other = CountingEngine(engine)
-    small = plan.DecisionSettings(**{**settings.__dict__, "n_per_split": 1})
+    small = dataclasses.replace(settings, n_per_split=1)
     decide.run_decisions(conn, other, small, "m", "r", log=lambda _: None, checkpoint_dir=ckpt)
     assert other.calls > 0 and len(list(ckpt.parent.iterdir())) == 2
     run.checkpoint.clear()
@@ -345,7 +348,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(conn, tmp_path, engine, mode)
 def test_a_time_budget_keeps_the_protocol_sample_at_a_smaller_n(conn, tmp_path, engine):
     import time
 
-    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=1)
+    settings = settings_of(n_per_split=0, chunk_episodes=1)
     ckpt = tmp_path / "ckpt" / "m"
     full = decide.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None)
     eps, members, _ = plan.load_run_sample(conn, settings)
@@ -515,15 +518,60 @@ def test_a_run_stopped_in_a_variant_goes_on_without_deciding_the_primary_again(
 
 
 def test_plan_without_the_primary_decides_only_the_variants():
-    runs = plan.plan_decision_runs(
-        {"primary": False, "variants": ["aligned_utility_no_style"], "variant_n": 5}
-    )
+    only = RetailDecisionsConfig(primary=False, variants=["aligned_utility_no_style"], variant_n=5)
+    runs = plan.plan_decision_runs(only)
     assert [(r.settings.include_style, r.splits, r.settings.n_per_split) for r in runs] == [
         (False, ["test_all"], 5)
     ]
-    assert len(plan.plan_decision_runs({"variants": ["aligned_utility_no_style"]})) == 2
+    assert len(plan.plan_decision_runs(RetailDecisionsConfig(variants=["aligned_utility_no_style"]))) == 2
     with pytest.raises(ValueError, match="nothing to decide"):
-        plan.plan_decision_runs({"primary": False, "variants": []})
+        plan.plan_decision_runs(RetailDecisionsConfig(primary=False, variants=[]))
+    # the cli checks a model_dump(): the same plan; a mapping is never filled in with defaults of its own
+    assert plan.plan_decision_runs(only.model_dump()) == runs
+    with pytest.raises(AttributeError):
+        plan.plan_decision_runs({"primary": False, "variants": ["aligned_utility_no_style"]})
+
+
+class LabelEngine:
+    """A fake engine for the plumbing: every label equally likely; records (method, prompts per call)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def label_logprobs(self, prompts, labels):
+        self.calls.append(("label_logprobs", len(prompts)))
+        return np.full((len(prompts), len(labels)), -math.log(len(labels)))
+
+
+def test_a_default_of_the_config_class_reaches_the_engine(conn):
+    """RetailDecisionsConfig holds the only defaults (DecisionSettings has none): a config class with other
+    defaults changes what plan and decide ask of the engine, with nothing else passed."""
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(plan.DecisionSettings))
+
+    class Changed(RetailDecisionsConfig):
+        period: str = "test"
+        n_per_split: int = 2
+        form: str = "listwise"
+        reading: bool = False
+        quantity: bool = False
+        chunk_episodes: int = 1
+        seed: int = 7
+
+    run = plan.plan_decision_runs(Changed())[0]
+    assert run.method == "llm_aligned_listwise_no_reading"
+    assert run.settings == plan.decision_settings(Changed())  # every field from the config
+    engine = LabelEngine()
+    out = decide.run_decisions(conn, engine, run.settings, run.method, "r", log=lambda _: None)
+    # chunk_episodes=1: one listwise call of one prompt per episode, no quantity call
+    assert engine.calls == [("label_logprobs", 1)] * out.info["n_episodes"] and out.info["n_episodes"] >= 2
+    # n_per_split=2 of the md5 sample of seed 7
+    assert out.members.filter(split="test_all").height == 2
+    _, want = plan.load_sample(conn, ["test"], seed=7, n_per_split=2)
+    assert (
+        out.members.select("episode_id", "split")
+        .sort(pl.all())
+        .equals(want.select("episode_id", "split").sort(pl.all()))
+    )
 
 
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
@@ -552,9 +600,7 @@ def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
 
 
 def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
-    settings = plan.DecisionSettings(
-        n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False
-    )
+    settings = settings_of(n_per_split=0, form="listwise", mode="sample", k=3, runs=4, quantity=False)
     run = decide.run_decisions(conn, engine, settings, "llm_s", "r", log=lambda _: None)
     # every (episode, run) holds exactly k answers, parseable or counted as unparseable (product_id null)
     per = run.samples.group_by("episode_id", "sample_run").agg(pl.col("n").sum())
@@ -632,7 +678,7 @@ def test_a_second_engine_answers_the_quantity(conn, engine):
         def label_logprobs(self, prompts, labels):
             return np.log(np.tile([1e-9] * 6 + [1.0] + [1e-9] * 2, (len(prompts), 1)))
 
-    settings = plan.DecisionSettings(n_per_split=0, chunk_episodes=3)
+    settings = settings_of(n_per_split=0, chunk_episodes=3)
     own = decide.run_decisions(conn, engine, settings, "m", "r", log=lambda _: None).decisions
     other = decide.run_decisions(
         conn, engine, settings, "m", "r", log=lambda _: None, qty_engine=Sevens()

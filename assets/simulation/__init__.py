@@ -91,7 +91,7 @@ def retail_decisions(
     Episodes are decided in md5-sample order and checkpointed per chunk: a stopped run goes on where it
     stopped (resume), and max_minutes writes the protocol's sample at the largest N completed (metadata
     complete: false)."""
-    runs = plan.plan_decision_runs(config.model_dump())
+    runs = plan.plan_decision_runs(config)
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes > 0 else None
     meta: dict = {"methods": [], "backend": llm.backend, "model": llm.model, "complete": True}
     engines: dict[str, object] = {}

@@ -10,11 +10,14 @@ Readings taken here (docs/tables.md, simulation section):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -23,25 +26,39 @@ from assets.prompts import logic as P
 from resources.sql import load_sql
 from resources.warehouse import table_exists
 
+if TYPE_CHECKING:  # the type only: this module has no dagster import
+    from assets.simulation import RetailDecisionsConfig
+
 FORMS = ("utility", "listwise")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecisionSettings:
-    period: str = "test"
-    n_per_split: int = 200
-    form: str = "utility"
-    quantity: bool = True
-    include_style: bool = True
-    include_signals: bool = True
-    seed: int = 0
-    chunk_episodes: int = 16
-    mode: str = "score"  # 'score' (exact distributions) or 'sample' (listwise answers drawn at a temperature)
-    reading: bool = True  # listwise score mode: readers + decider when the prompt exceeds budget_tokens
-    budget_tokens: int = 512  # token budget of one listwise prompt before the multi-agent reading starts
-    k: int = 4  # sample mode: answers per episode and run
-    runs: int = 5  # sample mode: R runs (different seeds) for the stability figures
-    temperature: float = 1.0  # sample mode: sampling temperature
+    """The settings one method decides with. No defaults here: RetailDecisionsConfig (assets/simulation/
+    __init__.py) holds them, and decision_settings builds this from it; the fields mean what the config's
+    comments say."""
+
+    period: str  # the periods of the episodes: 'test', 'val' or 'val,test'
+    n_per_split: int  # N episodes per split of the md5 sample
+    form: str  # 'utility' or 'listwise'
+    quantity: bool  # ask the quantity of the top option
+    include_style: bool
+    include_signals: bool
+    seed: int  # the md5 sample's seed (and sample mode's)
+    chunk_episodes: int  # episodes per engine call
+    mode: str  # 'score' (exact distributions) or 'sample' (listwise answers drawn at a temperature)
+    reading: bool  # listwise score mode: readers + decider when the prompt exceeds budget_tokens
+    budget_tokens: int
+    k: int  # sample mode: answers per episode and run
+    runs: int  # sample mode: R runs (different seeds) for the stability figures
+    temperature: float  # sample mode: sampling temperature
+
+
+def decision_settings(config: RetailDecisionsConfig, **changes: Any) -> DecisionSettings:
+    """The primary method's settings: every field from the config (mode 'score', the config has no mode),
+    then `changes` (a variant's period, N and name parts)."""
+    names = [f.name for f in dataclasses.fields(DecisionSettings) if f.name != "mode"]
+    return DecisionSettings(**{"mode": "score", **{k: getattr(config, k) for k in names}, **changes})
 
 
 # ----------------------------------------------------------------------------- names and the adapter
@@ -88,35 +105,29 @@ class PlannedRun:
         return method_name(self.settings.form, self.aligned, *self.ablation)
 
 
-def plan_decision_runs(config: dict[str, Any]) -> list[PlannedRun]:
+def plan_decision_runs(config: RetailDecisionsConfig | Mapping[str, Any]) -> list[PlannedRun]:
     """The primary method (config's form, use_adapter, switches; N per split of its periods), then each of
-    config['variants'] on variant_n episodes of variant_splits. With config['primary'] false only the
-    variants run (the primary's rows stay as they are). Bad names are one-line errors before any model is
-    loaded."""
-    keys = ("quantity", "seed", "chunk_episodes", "budget_tokens", "k", "runs", "temperature")
-    base = {k: config[k] for k in keys if k in config}
-    primary = DecisionSettings(
-        period=config.get("period", "test"),
-        n_per_split=int(config.get("n_per_split", 200)),
-        form=config.get("form", "utility"),
-        include_style=bool(config.get("include_style", True)),
-        include_signals=bool(config.get("include_signals", True)),
-        reading=bool(config.get("reading", True)),
-        **base,
-    )
+    config.variants on variant_n episodes of variant_splits. With config.primary false only the variants
+    run (the primary's rows stay as they are). Bad names are one-line errors before any model is loaded.
+
+    `config` is the asset's RetailDecisionsConfig; a mapping is read as that config's complete model_dump()
+    (pipelines/cli.py checks one so), never filled in: a missing field is an error."""
+    if isinstance(config, Mapping):
+        config = SimpleNamespace(**config)
+    primary = decision_settings(config)
     if primary.form not in FORMS:
         raise ValueError(f"form {primary.form!r}: use one of {FORMS}")
     parse_periods(primary.period)
-    runs = [PlannedRun(primary, bool(config.get("use_adapter", True)))]
-    splits = list(config.get("variant_splits") or ["test_all"])
+    runs = [PlannedRun(primary, bool(config.use_adapter))]
+    splits = list(config.variant_splits or ["test_all"])
     periods = ",".join(periods_of_splits(splits))
-    for name in config.get("variants") or []:
+    for name in config.variants:
         aligned, parts = parse_variant(name)
-        settings = DecisionSettings(
-            period=periods, n_per_split=int(config.get("variant_n", 30)), **parts, **base
-        )
+        # a variant is its name: the parts its name does not switch off are on, whatever the primary's
+        on = {"include_style": True, "include_signals": True, "reading": True, "mode": "score"}
+        settings = decision_settings(config, period=periods, n_per_split=config.variant_n, **on | parts)
         runs.append(PlannedRun(settings, aligned, splits))
-    if not config.get("primary", True):
+    if not config.primary:
         if len(runs) == 1:
             raise ValueError(
                 "primary=false and no variants: nothing to decide (name variants or set primary)"
