@@ -2,9 +2,11 @@
 
 quick (default): the whole pipeline with post-training and simulation in at most 25 minutes on a 2-core CPU:
   4,000 train episodes of prompts, 8 minutes of LoRA training, N = 80 episodes per split for the aligned
-  agent (val feeds the calibrated hybrid), 16 test_all episodes for each variant row.
+  agent (val feeds the calibrated hybrid), and no variant rows (on 16 episodes a hit@1's standard error is
+  about 0.12: minutes that say nothing; name them with `--config retail_decisions.variants=[...]`).
 full: docs/evaluation-protocol.md's N = 2,000 episodes per split, 20,000 train episodes, 60 minutes of training, and the
-  variant rows on 200 episodes of every test split. Hours on a CPU; minutes on a GPU with the vllm backend.
+  variant rows (zero-shot, listwise, the ablations) on 200 episodes of every test split. Hours on a CPU;
+  minutes on a GPU with the vllm backend.
   On a CPU it runs in slices: `--config retail_decisions.max_minutes=M` writes the md5 sample at the largest N
   completed after M minutes, and `malles run --profile full --select 'retail_decisions+'` goes on from the
   decisions' checkpoint (7,961 distinct episodes for the primary method on Complete Journey, at about 0.8
@@ -22,6 +24,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "lora_adapter": {"max_minutes": 60.0, "max_train_examples": 0, "eval_examples": 500},
         "retail_decisions": {
             "n_per_split": 2_000,
+            "variants": [  # each on the variant sample: {zero_shot|aligned}_{utility|listwise}[_...]
+                "zero_shot_utility",
+                "zero_shot_listwise",
+                "aligned_listwise",
+                "aligned_listwise_no_reading",
+                "aligned_listwise_sample",
+                "aligned_utility_no_style",
+                "aligned_utility_no_signals",
+            ],
             "variant_n": 200,
             "variant_splits": ["test_all", "test_sparse", "test_cold", "test_new"],
         },

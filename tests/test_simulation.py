@@ -574,6 +574,62 @@ def test_a_default_of_the_config_class_reaches_the_engine(conn):
     )
 
 
+def test_the_quick_profile_decides_no_variants_and_the_full_profile_all_of_them():
+    from pipelines.profiles import PROFILES
+
+    assert [r.method for r in plan.plan_decision_runs(RetailDecisionsConfig())] == ["llm_aligned_utility"]
+    primary, *variants = plan.plan_decision_runs(
+        RetailDecisionsConfig(**PROFILES["full"]["retail_decisions"])
+    )
+    assert primary.settings.n_per_split == 2_000 and primary.splits is None
+    assert [r.method for r in variants] == [
+        "llm_zero_shot_utility",
+        "llm_zero_shot_listwise",
+        "llm_aligned_listwise",
+        "llm_aligned_listwise_no_reading",
+        "llm_aligned_listwise_sample",
+        "llm_aligned_utility_no_style",
+        "llm_aligned_utility_no_signals",
+    ]
+    every_test = ["test_all", "test_sparse", "test_cold", "test_new"]
+    assert {(r.settings.n_per_split, r.settings.period, tuple(r.splits)) for r in variants} == {
+        (200, "test", tuple(every_test))
+    }
+
+
+def test_eval_report_without_variants_has_the_main_sample_hybrids_and_gap_lines(
+    duckdb_resource, mlflow_resource
+):
+    """The quick profile decides the primary only: eval_report has no variants sample, and still the hybrid
+    of the primary and the gap summary."""
+    from assets.simulation import EvalReportConfig, eval_report
+
+    build_warehouse(duckdb_resource.database)
+    (spec,) = plan.plan_decision_runs(
+        RetailDecisionsConfig(n_per_split=0, form="listwise", reading=False, quantity=False)
+    )
+    with duckdb_resource.get_connection() as conn:
+        _q(conn, "insert into baseline_predictions select 'clogit', episode_id, product_id, score, prob "
+                 "from baseline_predictions")  # fmt: skip
+        run = decide.run_decisions(conn, LabelEngine(), spec.settings, spec.method, "r0", log=lambda _: None)
+        decide.write_decisions(conn, run, spec.method)
+    result = dg.materialize(
+        [eval_report],
+        resources={"duckdb": duckdb_resource, "mlflow": mlflow_resource},
+        run_config=dg.RunConfig({"eval_report": EvalReportConfig()}),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("eval_report")[0].metadata
+    assert not [k for k in meta if k.startswith("variants/")]
+    assert f"test_all/{spec.method}/hit1" in meta and f"test_all/hybrid_{spec.method}/hit1" in meta
+    md = meta["metrics"].value
+    assert "variants sample" not in md and "### main sample" in md
+    assert f"- test_all (n=4): best LLM {spec.method}" in md and "best hybrid hybrid_" in md
+    with duckdb_resource.get_connection() as conn:
+        samples = conn.execute("select distinct sample from eval_metrics").fetchall()
+    assert samples == [("main",)]
+
+
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
     tiny_model, duckdb_resource, mlflow_resource
 ):

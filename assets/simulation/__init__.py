@@ -26,7 +26,7 @@ class RetailDecisionsConfig(dg.Config):
     period: str = (
         "val,test"  # the primary method's episodes: 'test', 'val' or 'val,test' (val fits the hybrid)
     )
-    n_per_split: int = 80  # docs/evaluation-protocol.md's N per split for the primary method (quick profile; full: 2000)
+    n_per_split: int = 80  # N per split of the primary method (docs/evaluation-protocol.md; full: 2000)
     form: str = "utility"  # primary: 'utility' (yes/no per option, softmax of utilities) or 'listwise'
     use_adapter: bool = True  # use the newest lora_adapters row when there is one; zero-shot otherwise
     quantity: bool = True  # a second answer for the top option: expected units over "1".."9"
@@ -42,20 +42,14 @@ class RetailDecisionsConfig(dg.Config):
     temperature: float = 1.0  # sample mode: sampling temperature
     # The other rows of eval_report, each decided on the smaller variant sample. Names:
     # {zero_shot|aligned}_{utility|listwise}[_sample][_no_reading][_no_style][_no_signals]
-    variants: list[str] = [
-        "zero_shot_utility",
-        "zero_shot_listwise",
-        "aligned_listwise",
-        "aligned_listwise_no_reading",
-        "aligned_listwise_sample",
-        "aligned_utility_no_style",
-        "aligned_utility_no_signals",
-    ]
+    # quick: none (on 16 episodes a hit@1's standard error is about 0.12); the full profile names zero-shot,
+    # listwise and the ablations (pipelines/profiles.py)
+    variants: list[str] = []
     # False: decide only the variants (add or finish one on an evaluation whose primary is decided); the
     # primary's rows stay as they are
     primary: bool = True
     variant_n: int = 16  # episodes per variant split (a prefix of the md5 sample: a subset of the primary's;
-    # quick: 16 leaves the 25 minutes to training; full: 200)
+    # full profile: 200)
     variant_splits: list[str] = ["test_all"]  # splits the variants decide (full profile: all test splits)
     seed: int = 0  # the protocol's seed of the md5 sample
     chunk_episodes: int = 16  # episodes per engine call: one progress line per chunk
@@ -86,8 +80,8 @@ def retail_decisions(
     (asked of the adapter only when its training carried the quantity answer, else of the base model:
     quantity_source).
     First the primary method (aligned utility form by default) on N episodes per split of val and test, then
-    each variant (zero-shot, listwise, ablations) on the smaller variant sample (primary=false: the variants
-    only). Rows of each method replace its earlier rows in retail_decisions / retail_decision_episodes.
+    each variant named in `variants` (zero-shot, listwise, ablations; none in the quick profile, all in the
+    full one) on the smaller variant sample (primary=false: the variants only). Rows of each method replace its earlier rows in retail_decisions / retail_decision_episodes.
     Episodes are decided in md5-sample order and checkpointed per chunk: a stopped run goes on where it
     stopped (resume), and max_minutes writes the protocol's sample at the largest N completed (metadata
     complete: false)."""
@@ -200,7 +194,8 @@ def eval_report(
     """Metrics (docs/evaluation-protocol.md) of the LLM methods of retail_decisions per split, the calibrated hybrids of the
     primary (a * u_llm + b * s_clogit fitted on its val episodes, and the same on lgbm's score: does the LLM
     add to the best classic model?) and sample mode's stability, beside the
-    baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample):
+    baselines' predictions recomputed on the same episodes (main sample, and the smaller variants sample
+    when retail_decisions decided variants):
     table eval_metrics, markdown, hit@1 plot, MLflow; source_run.<method> names the retail_decisions run
     each method's rows come from."""
     out_dir = data_dir() / "simulation" / context.run.run_id
