@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.alignment import logic as L
+from assets.alignment import data, losses, registry, train
 from tests.alignment_fixtures import (
     FAST,
     NO_ID,
@@ -41,20 +41,20 @@ def tokenizer(tiny_model):
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     rows = toy_rows(2)
-    cfg = L.LoraTrainSettings(**FAST, max_steps=20, epochs=20.0)
+    cfg = train.LoraTrainSettings(**FAST, max_steps=20, epochs=20.0)
     out = tmp_path_factory.mktemp("adapter")
-    return L.train_lora(tiny_model, rows, rows.head(16), cfg, out)
+    return train.train_lora(tiny_model, rows, rows.head(16), cfg, out)
 
 
 # ----------------------------------------------------------------------------- pure helpers
 
 
 def test_layers_to_transform():
-    assert L.layers_to_transform(30, 8) == [22, 23, 24, 25, 26, 27, 28, 29]
-    assert L.layers_to_transform(2, 1) == [1]
-    assert L.layers_to_transform(30, 0) is None
-    assert L.layers_to_transform(30, 30) is None
-    assert L.layers_to_transform(30, 99) is None
+    assert train.layers_to_transform(30, 8) == [22, 23, 24, 25, 26, 27, 28, 29]
+    assert train.layers_to_transform(2, 1) == [1]
+    assert train.layers_to_transform(30, 0) is None
+    assert train.layers_to_transform(30, 30) is None
+    assert train.layers_to_transform(30, 99) is None
 
 
 def test_mix_forms_shares_and_seed():
@@ -74,33 +74,33 @@ def test_mix_forms_shares_and_seed():
             "completion": ["A"] * 30,
         }
     )
-    only_util = L.mix_forms(util, lw, ["utility"], 0.5, 0, seed=0)
+    only_util = data.mix_forms(util, lw, ["utility"], 0.5, 0, seed=0)
     assert only_util.height == 40 and set(only_util["form"]) == {"utility"}
-    mixed = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
+    mixed = data.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
     assert mixed.height == 20
     assert (mixed["form"] == "listwise").sum() == 5  # 25% of 20, from the 15 listwise rows
     assert (mixed["form"] == "utility").sum() == 15
     # all rows at share 0.25: limited by utility 40 -> 40 / 0.75 = 53 rows, 13 listwise-file rows
-    everything = L.mix_forms(util, lw, ["utility", "listwise", "quantity"], 0.25, 0, seed=0)
+    everything = data.mix_forms(util, lw, ["utility", "listwise", "quantity"], 0.25, 0, seed=0)
     assert everything.height == 53 and (everything["form"] != "utility").sum() == 13
-    again = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
+    again = data.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=0)
     assert again["prompt"].to_list() == mixed["prompt"].to_list()
-    other = L.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=1)
+    other = data.mix_forms(util, lw, ["utility", "listwise"], 0.25, 20, seed=1)
     assert other["prompt"].to_list() != mixed["prompt"].to_list()
     # listwise only, no utility file at all
-    assert L.mix_forms(None, lw, ["listwise"], 0.0, 0, seed=0).height == 15
+    assert data.mix_forms(None, lw, ["listwise"], 0.0, 0, seed=0).height == 15
 
 
 def test_bad_rows_are_dropped_not_crashing():
     df = pl.DataFrame({"prompt": ["a", None, "", "b"], "completion": ["Yes", "No", "No", None]})
-    assert L.sample_rows(df, 0, 0)["prompt"].to_list() == ["a"]
+    assert data.sample_rows(df, 0, 0)["prompt"].to_list() == ["a"]
     with pytest.raises(ValueError, match="prompt and completion"):
-        L.sample_rows(pl.DataFrame({"text": ["x"]}), 0, 0)
+        data.sample_rows(pl.DataFrame({"text": ["x"]}), 0, 0)
 
 
 def test_tokenize_pairs_masks_the_answer_token_only(tokenizer):
     rows = pl.DataFrame({"prompt": [prompt("apple", 1), prompt("stone", 2)], "completion": ["Yes", "No"]})
-    enc = L.tokenize_pairs(tokenizer, rows, max_length=512)
+    enc = data.tokenize_pairs(tokenizer, rows, max_length=512)
     for ids, mask, answer in zip(enc["input_ids"], enc["completion_mask"], [YES_ID, NO_ID], strict=True):
         assert sum(mask) == 1 and mask[-1] == 1  # one answer token, last, no EOS appended
         assert ids[-1] == answer
@@ -108,7 +108,7 @@ def test_tokenize_pairs_masks_the_answer_token_only(tokenizer):
             ids[:-1]
             == tokenizer(rows["prompt"][0 if answer == YES_ID else 1], add_special_tokens=False)["input_ids"]
         )
-    short = L.tokenize_pairs(tokenizer, rows, max_length=5)
+    short = data.tokenize_pairs(tokenizer, rows, max_length=5)
     assert all(
         len(x) == 5 and m[-1] == 1 for x, m in zip(short["input_ids"], short["completion_mask"], strict=True)
     )
@@ -118,10 +118,10 @@ def test_tokenize_pairs_masks_the_answer_token_only(tokenizer):
 
 
 def test_loss_goes_down_on_a_memorisable_set(trained):
-    losses = [p["loss"] for p in trained.loss_history]
-    assert len(losses) >= 5
+    curve = [p["loss"] for p in trained.loss_history]
+    assert len(curve) >= 5
     assert trained.steps == 20 and trained.examples_seen == 160
-    assert losses[-1] < 0.5 * losses[0]
+    assert curve[-1] < 0.5 * curve[0]
     assert trained.eval_loss < trained.eval_loss_before - 1.0
     # a constant guess of the 50/50 Yes/No split costs ln 2; the trained adapter must beat a random model by far
     assert trained.eval_loss < 3 * math.log(2)
@@ -134,7 +134,7 @@ def test_group_episodes_keeps_complete_episodes(tokenizer):
         [rows, rows.filter(pl.col("episode_id") == "e0").with_columns(episode_id=pl.lit("twice"))]
     )
     broken = broken.filter(~((pl.col("episode_id") == "e1") & (pl.col("completion") == "Yes")))  # no chosen
-    g = L.group_episodes(tokenizer, broken, 512)
+    g = data.group_episodes(tokenizer, broken, 512)
     assert len(g["input_ids"]) == 4 and all(len(x) == 4 for x in g["input_ids"])  # e0, e2, e3, twice
     for ids, c, (_, ep) in zip(
         g["input_ids"],
@@ -150,8 +150,10 @@ def test_softmax_loss_trains_the_choice(tiny_model, tmp_path):
     from resources.hf_engine import HFEngine
 
     rows = episode_rows(16)
-    cfg = L.LoraTrainSettings(**{**FAST, "loss": "softmax", "learning_rate": 1e-3}, max_steps=60, epochs=50.0)
-    result = L.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
+    cfg = train.LoraTrainSettings(
+        **{**FAST, "loss": "softmax", "learning_rate": 1e-3}, max_steps=60, epochs=50.0
+    )
+    result = train.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
     # chance is ln 4 per episode; the trained choice model must be far better on these memorisable episodes
     assert result.eval_loss_before > 0.8 * math.log(4) and result.eval_loss < 0.5 * math.log(4)
     assert result.examples_seen == 60 * 8  # batch 8 prompts = 2 episodes of 4 per step (8 answers)
@@ -182,33 +184,35 @@ def _scrambled(tiny_model):
 
 
 def test_time_cosine_factor():
-    assert L.time_cosine_factor(0, 60) == 1.0 and L.time_cosine_factor(60, 60) == 0.0
-    assert L.time_cosine_factor(30, 60) == pytest.approx(0.5) and L.time_cosine_factor(90, 60) == 0.0
-    assert L.time_cosine_factor(5, 0) == 1.0  # no budget: no decay
+    assert train.time_cosine_factor(0, 60) == 1.0 and train.time_cosine_factor(60, 60) == 0.0
+    assert train.time_cosine_factor(30, 60) == pytest.approx(0.5) and train.time_cosine_factor(90, 60) == 0.0
+    assert train.time_cosine_factor(5, 0) == 1.0  # no budget: no decay
 
 
 def test_decay_by_time_lowers_the_learning_rate(tiny_model, tmp_path):
     """With a budget far longer than the run the factor stays near 1; with one that runs out it reaches 0:
     the adapter of a run whose steps all come after the budget equals the initial (zero-update) one."""
     rows = episode_rows(4)
-    cfg = L.LoraTrainSettings(**{**FAST, "max_minutes": 1e-6}, decay_by_time=True, max_steps=3, epochs=5.0)
-    trainer, state = L.build_trainer(tiny_model, rows, None, cfg, tmp_path / "t", L._quiet)
+    cfg = train.LoraTrainSettings(
+        **{**FAST, "max_minutes": 1e-6}, decay_by_time=True, max_steps=3, epochs=5.0
+    )
+    trainer, state = train.build_trainer(tiny_model, rows, None, cfg, tmp_path / "t", train._quiet)
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
     trainer.train()
     after = {k: v.detach() for k, v in trainer.model.named_parameters() if "lora_B" in k}
     assert all(float((after[k] - before[k]).abs().max()) == 0.0 for k in before)  # lr 0: no update
-    cfg2 = L.LoraTrainSettings(**FAST, decay_by_time=True, max_steps=3, epochs=5.0)
-    trainer2, _ = L.build_trainer(tiny_model, rows, None, cfg2, tmp_path / "t2", L._quiet)
+    cfg2 = train.LoraTrainSettings(**FAST, decay_by_time=True, max_steps=3, epochs=5.0)
+    trainer2, _ = train.build_trainer(tiny_model, rows, None, cfg2, tmp_path / "t2", train._quiet)
     trainer2.train()
     moved = [float(v.detach().abs().max()) for k, v in trainer2.model.named_parameters() if "lora_B" in k]
     assert max(moved) > 0.0
 
 
 def test_split_prompt_cuts_before_the_last_user_turn():
-    pre, suf = L.split_prompt(prompt("apple", 3))
+    pre, suf = data.split_prompt(prompt("apple", 3))
     assert pre == SYSTEM and suf.startswith("<|im_start|>user\nOffer 3") and pre + suf == prompt("apple", 3)
     with pytest.raises(ValueError, match="user turn"):
-        L.split_prompt("no turns here")
+        data.split_prompt("no turns here")
 
 
 def test_packed_episode_equals_separate_prompts(tiny_model, tokenizer):
@@ -219,24 +223,26 @@ def test_packed_episode_equals_separate_prompts(tiny_model, tokenizer):
 
     model = _scrambled(tiny_model)
     rows = episode_rows(3)
-    packs = L.pack_episodes(tokenizer, rows, 512)
+    packs = data.pack_episodes(tokenizer, rows, 512)
     assert len(packs["input_ids"]) == 3 and all(len(s) == 4 for s in packs["suffix_lens"])
     assert [sum(y) for y in packs["yes"]] == [1, 1, 1]
-    batch = L.packed_collator(tokenizer.pad_token_id)([{k: v[i] for k, v in packs.items()} for i in range(3)])
+    batch = losses.packed_collator(tokenizer.pad_token_id)(
+        [{k: v[i] for k, v in packs.items()} for i in range(3)]
+    )
     with torch.inference_mode():
-        packed = L.packed_answer_hidden(model, batch)
+        packed = losses.packed_answer_hidden(model, batch)
         alone = torch.stack(
             [model.model(input_ids=torch.as_tensor([tokenizer(p, add_special_tokens=False)["input_ids"]]))
              .last_hidden_state[0, -1] for p in rows["prompt"].to_list()]
         )  # fmt: skip
         assert torch.allclose(packed, alone, atol=1e-4, rtol=1e-4)
         causal = dict(batch, attention_mask=None)  # plain causal: later options see the earlier ones
-        assert (L.packed_answer_hidden(model, causal) - alone).abs().max() > 1e-2
+        assert (losses.packed_answer_hidden(model, causal) - alone).abs().max() > 1e-2
         ids = {"Yes": YES_ID, "No": NO_ID}
         logits = model.lm_head(alone)
         target = torch.as_tensor([ids[a] for a in rows["completion"].to_list()])
         expected = torch.nn.functional.cross_entropy(logits, target)
-        got = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=False)
+        got = losses.packed_loss(model, batch, YES_ID, NO_ID, softmax=False)
         assert abs(float(got) - float(expected)) < 1e-4
 
 
@@ -252,14 +258,16 @@ def test_packed_quantity_block_equals_its_own_prompt(tiny_model, tokenizer):
 
     model = _scrambled(tiny_model)
     rows = with_quantity_rows(episode_rows(3))
-    packs = L.pack_episodes(tokenizer, rows, 512)
+    packs = data.pack_episodes(tokenizer, rows, 512)
     assert packs["qty"] == [QUANTITY_LABELS.index(QTY_OF[w]) for w in YES_WORDS[:3]]
     assert all(n > 0 for n in packs["qty_len"]) and all(len(s) == 4 for s in packs["suffix_lens"])
-    batch = L.packed_collator(tokenizer.pad_token_id)([{k: v[i] for k, v in packs.items()} for i in range(3)])
+    batch = losses.packed_collator(tokenizer.pad_token_id)(
+        [{k: v[i] for k, v in packs.items()} for i in range(3)]
+    )
     q_prompts = rows.filter(pl.col("form") == "quantity")["prompt"].to_list()
     qty_ids = answer_token_ids(tokenizer, q_prompts[0], list(QUANTITY_LABELS))
     with torch.inference_mode():
-        hidden = L._packed_hidden(model, batch)
+        hidden = losses._packed_hidden(model, batch)
         got_h = hidden[batch["qty_rows"], batch["qty_cols"]]
         alone = torch.stack(
             [model.model(input_ids=torch.as_tensor([tokenizer(p, add_special_tokens=False)["input_ids"]]))
@@ -267,10 +275,10 @@ def test_packed_quantity_block_equals_its_own_prompt(tiny_model, tokenizer):
         )  # fmt: skip
         assert torch.allclose(got_h, alone, atol=1e-4, rtol=1e-4)
         ce = F.cross_entropy(model.lm_head(alone)[:, qty_ids], torch.as_tensor(packs["qty"]))
-        choice = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=True)
-        both = L.packed_loss(model, batch, YES_ID, NO_ID, softmax=True, qty_ids=qty_ids, qty_weight=0.5)
+        choice = losses.packed_loss(model, batch, YES_ID, NO_ID, softmax=True)
+        both = losses.packed_loss(model, batch, YES_ID, NO_ID, softmax=True, qty_ids=qty_ids, qty_weight=0.5)
         assert abs(float(both) - float(choice) - 0.5 * float(ce)) < 1e-4
-    no_qty = L.pack_episodes(tokenizer, episode_rows(3), 512)  # no quantity rows: no block, label -1
+    no_qty = data.pack_episodes(tokenizer, episode_rows(3), 512)  # no quantity rows: no block, label -1
     assert no_qty["qty_len"] == [0, 0, 0] and no_qty["qty"] == [-1, -1, -1]
 
 
@@ -286,14 +294,14 @@ def test_packed_training_learns_the_quantity(tiny_model, tmp_path):
     prompts = [quantity_prompt(w) for w in QTY_OF]
     mass = {}
     for weight in (1.0, 0.0):
-        cfg = L.LoraTrainSettings(
+        cfg = train.LoraTrainSettings(
             **{**FAST, "loss": "softmax", "learning_rate": 1e-3, "pack_prefix": True},
             quantity_weight=weight,
             max_steps=60,
             epochs=50.0,
         )
         out = tmp_path / f"a{weight}"
-        result = L.train_lora(tiny_model, rows, rows, cfg, out)
+        result = train.train_lora(tiny_model, rows, rows, cfg, out)
         assert result.quantity_episodes == 16 and result.metrics()["quantity_episodes"] == 16
         engine = HFEngine(tiny_model, adapter_path=str(out), progress=False)
         p = np.exp(engine.label_logprobs(prompts, list(QUANTITY_LABELS)))
@@ -304,23 +312,23 @@ def test_packed_training_learns_the_quantity(tiny_model, tmp_path):
 def test_dataset_rows_by_episode_with_quantity(tmp_path):
     """Packed training takes every utility row and, with_quantity, the quantity rows of those episodes only;
     the eval rows are whole seeded val episodes with their quantity rows."""
-    train = with_quantity_rows(episode_rows(6))
-    util = train.filter(pl.col("form") == "utility")
+    episodes = with_quantity_rows(episode_rows(6))
+    util = episodes.filter(pl.col("form") == "utility")
     lw = pl.concat(
-        [train.filter(pl.col("form") == "quantity"),
+        [episodes.filter(pl.col("form") == "quantity"),
          with_quantity_rows(episode_rows(8)).filter(pl.col("form") == "quantity")
          .with_columns(episode_id=pl.lit("other_") + pl.col("episode_id"))]
     )  # fmt: skip
     files = {}
-    for name, df in {"train_utility": util, "train_listwise": lw, "val": train}.items():
+    for name, df in {"train_utility": util, "train_listwise": lw, "val": episodes}.items():
         files[name] = str(tmp_path / f"{name}.parquet")
         df.write_parquet(files[name])
-    rows, evals = L.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True, with_quantity=True)
+    rows, evals = data.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True, with_quantity=True)
     assert rows.filter(pl.col("form") == "utility").height == util.height
     q = rows.filter(pl.col("form") == "quantity")
     assert q.height == 6 and set(q["episode_id"]) == set(util["episode_id"])  # not the "other_" ones
     assert evals["episode_id"].n_unique() == 2 and evals.filter(pl.col("form") == "quantity").height == 2
-    plain, _ = L.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True)
+    plain, _ = data.dataset_rows(files, ["utility"], 0.25, 0, 8, 0, by_episode=True)
     assert set(plain["form"]) == {"utility"}
 
 
@@ -332,18 +340,18 @@ def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss
     longest = max(
         len(ids) for ids in tokenizer(rows["prompt"].to_list(), add_special_tokens=False)["input_ids"]
     )
-    cfg = L.LoraTrainSettings(  # max_length bounds each prompt; a pack of 4 is longer and must not be cut
+    cfg = train.LoraTrainSettings(  # max_length bounds each prompt; a pack of 4 is longer and must not be cut
         **{**FAST, "loss": loss, "learning_rate": 1e-3, "pack_prefix": True, "max_length": longest},
         max_steps=60,
         epochs=50.0,
     )
-    result = L.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
+    result = train.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
     assert result.examples_seen == 60 * 8  # batch 8 answers = 2 packed episodes of 4 per step
     assert result.eval_loss < 0.6 * result.eval_loss_before
     if loss == "pointwise":  # its answers are learnt (the loss above); ranking is the softmax loss's job
         return
     engine = HFEngine(tiny_model, adapter_path=str(tmp_path / "a"), progress=False)
-    items = [L.split_prompt(p) for p in rows["prompt"].to_list()]
+    items = [data.split_prompt(p) for p in rows["prompt"].to_list()]
     by_ep = [(items[i][0], [items[j][1] for j in range(i, i + 4)]) for i in range(0, len(items), 4)]
     utilities = engine.score_many(by_ep, progress=False)
     chosen = [
@@ -356,21 +364,23 @@ def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss
 def test_packing_refuses_other_forms(tiny_model, tmp_path):
     rows = episode_rows(2).with_columns(form=pl.lit("listwise"))
     with pytest.raises(ValueError, match="pack_prefix packs utility rows"):
-        L.train_lora(tiny_model, rows, None, L.LoraTrainSettings(**FAST, pack_prefix=True), tmp_path / "a")
+        train.train_lora(
+            tiny_model, rows, None, train.LoraTrainSettings(**FAST, pack_prefix=True), tmp_path / "a"
+        )
 
 
 def test_softmax_loss_needs_episodes(tiny_model, tmp_path):
     rows = toy_rows(1)  # one option per episode: nothing to compare
     with pytest.raises(ValueError, match="softmax loss: no episode"):
-        L.train_lora(
-            tiny_model, rows, None, L.LoraTrainSettings(**{**FAST, "loss": "softmax"}), tmp_path / "a"
+        train.train_lora(
+            tiny_model, rows, None, train.LoraTrainSettings(**{**FAST, "loss": "softmax"}), tmp_path / "a"
         )
 
 
 def test_only_top_layers_get_lora(trained, tiny_model):
     from safetensors.torch import load_file
 
-    keys = list(load_file(str(L.adapter_weights_file(trained.adapter_dir))).keys())
+    keys = list(load_file(str(train.adapter_weights_file(trained.adapter_dir))).keys())
     assert keys and all("lora_" in k for k in keys)
     assert all(".layers.1." in k for k in keys), keys
     assert not any(".layers.0." in k for k in keys)
@@ -394,8 +404,8 @@ def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
     import torch
 
     rows = toy_rows(1).head(4)
-    cfg = L.LoraTrainSettings(**{**FAST, "bf16_autocast": False, "batch_size": 2})
-    trainer, _ = L.build_trainer(tiny_model, rows, rows.head(1), cfg, tmp_path / "w", log=print)
+    cfg = train.LoraTrainSettings(**{**FAST, "bf16_autocast": False, "batch_size": 2})
+    trainer, _ = train.build_trainer(tiny_model, rows, rows.head(1), cfg, tmp_path / "w", log=print)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     labels, ids = batch["labels"], batch["input_ids"]
     for b in range(2):
@@ -437,8 +447,8 @@ def test_adapter_loads_in_the_scoring_engine(trained, tiny_model):
 
 def test_time_budget_stops_training(tiny_model, tmp_path):
     rows = toy_rows(2)
-    cfg = L.LoraTrainSettings(**{**FAST, "max_minutes": 2.0 / 60, "epochs": 50.0})
-    result = L.train_lora(tiny_model, rows, None, cfg, tmp_path / "a")
+    cfg = train.LoraTrainSettings(**{**FAST, "max_minutes": 2.0 / 60, "epochs": 50.0})
+    result = train.train_lora(tiny_model, rows, None, cfg, tmp_path / "a")
     planned = 50 * math.ceil(rows.height / 8)
     assert result.stopped_by_time
     assert 1 <= result.steps < planned
@@ -449,19 +459,19 @@ def test_time_budget_stops_training(tiny_model, tmp_path):
 
 def test_no_training_rows_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="no training rows"):
-        L.train_lora(
+        train.train_lora(
             tiny_model,
             pl.DataFrame({"prompt": [], "completion": []}, schema={"prompt": pl.Utf8, "completion": pl.Utf8}),
             None,
-            L.LoraTrainSettings(),
+            train.LoraTrainSettings(),
             tmp_path / "a",
         )
 
 
 def test_loss_curve_png(trained, tmp_path):
-    path = L.loss_curve_png(trained, tmp_path / "c.png")
+    path = train.loss_curve_png(trained, tmp_path / "c.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert L.png_markdown(path).startswith("![loss curve](data:image/png;base64,")
+    assert registry.png_markdown(path).startswith("![loss curve](data:image/png;base64,")
 
 
 # ----------------------------------------------------------------------------- the asset
@@ -470,7 +480,7 @@ def test_loss_curve_png(trained, tmp_path):
 def write_prompt_dataset(conn, root, run_id="prompts-run-1"):
     """The parquet files and the sft_prompt_files index the prompts stage would write."""
     root.mkdir(parents=True, exist_ok=True)
-    train = toy_rows(2).with_columns(period=pl.lit("train"))
+    train_rows = toy_rows(2).with_columns(period=pl.lit("train"))
     val = toy_rows(1).with_columns(period=pl.lit("val"))
     lw = pl.DataFrame(
         {
@@ -483,7 +493,7 @@ def write_prompt_dataset(conn, root, run_id="prompts-run-1"):
         }
     )
     paths = {}
-    for name, df in {"train_utility": train, "train_listwise": lw, "val": val}.items():
+    for name, df in {"train_utility": train_rows, "train_listwise": lw, "val": val}.items():
         paths[name] = str(root / f"{name}.parquet")
         df.write_parquet(paths[name])
     index = pl.DataFrame(
@@ -491,7 +501,7 @@ def write_prompt_dataset(conn, root, run_id="prompts-run-1"):
             "run_id": [run_id] * 3,
             "file": list(paths),
             "form": ["utility", "listwise", "utility"],
-            "n_rows": [train.height, 1, val.height],
+            "n_rows": [train_rows.height, 1, val.height],
             "path": list(paths.values()),
             "created_at": [datetime(2026, 11, 1)] * 3,
         }
@@ -511,9 +521,9 @@ def test_latest_prompt_files_and_missing_table(tmp_path):
 
     conn = duckdb.connect(str(tmp_path / "w.duckdb"))
     with pytest.raises(ValueError, match="materialize sft_prompt_dataset"):
-        L.latest_prompt_files(conn)
+        registry.latest_prompt_files(conn)
     paths = write_prompt_dataset(conn, tmp_path / "prompts")
-    files = L.latest_prompt_files(conn)
+    files = registry.latest_prompt_files(conn)
     assert files["run_id"] == "prompts-run-1"
     assert files["train_utility"] == paths["train_utility"] and files["val"] == paths["val"]
 
@@ -592,9 +602,9 @@ def test_default_model_learns_yes_no(tmp_path):
     from resources.models import resolve_model
 
     rows = toy_rows(4)  # 64 synthetic yes/no rows
-    cfg = L.LoraTrainSettings(batch_size=8, max_steps=20, epochs=10.0, logging_steps=4, max_minutes=10.0)
-    result = L.train_lora(resolve_model("default"), rows, rows.sample(32, seed=0), cfg, tmp_path / "a")
+    cfg = train.LoraTrainSettings(batch_size=8, max_steps=20, epochs=10.0, logging_steps=4, max_minutes=10.0)
+    result = train.train_lora(resolve_model("default"), rows, rows.sample(32, seed=0), cfg, tmp_path / "a")
     assert result.layers_to_transform == list(range(22, 30))
     assert result.eval_loss < result.eval_loss_before - 0.1
-    losses = [p["loss"] for p in result.loss_history]
-    assert min(losses[-2:]) < losses[0]
+    curve = [p["loss"] for p in result.loss_history]
+    assert min(curve[-2:]) < curve[0]

@@ -1,13 +1,14 @@
 """Alignment stage: LoRA post-training of the retail agent on the prompt dataset (trl SFTTrainer + peft).
 
-Thin Dagster wiring; training, the loss curve and the MLflow registry in logic.py, SQL in sql/alignment/.
+Thin Dagster wiring; the training rows in data.py, the losses in losses.py, the training loop and the loss curve
+in train.py, the warehouse row and the MLflow registry in registry.py, SQL in sql/alignment/.
 """
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, lineage, table_metadata
-from assets.alignment import logic
+from assets.alignment import data, registry, train
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
 
@@ -18,7 +19,7 @@ class LoraAdapterConfig(dg.Config):
     lora_alpha: int = 32  # LoRA scale numerator (scale alpha/r = 2)
     lora_dropout: float = 0.05  # dropout on the LoRA input path
     top_layers: int = 8  # LoRA on the top N layers only (layers_to_transform); 0 = all layers
-    target_modules: list[str] = list(logic.LLAMA_PROJECTIONS)  # all linear projections of a layer
+    target_modules: list[str] = list(train.LLAMA_PROJECTIONS)  # all linear projections of a layer
     learning_rate: float = 5e-4  # AdamW learning rate (docs/notes.md: 5e-4 with batch 16)
     batch_size: int = 16  # examples per optimizer step
     max_minutes: float = 8.0  # training budget (quick: main_job in 25 min on 2 cores; full: 60); 6 -> 12 min
@@ -47,7 +48,7 @@ class LoraAdapterConfig(dg.Config):
     quantity_weight: float = 0.0
     decay_by_time: bool = False  # learning rate decays to 0 along a cosine of the elapsed time budget
     seed: int = 0  # seed of the row sample, the LoRA init and the shuffling
-    registered_model: str = logic.REGISTERED_MODEL  # MLflow model registry name
+    registered_model: str = registry.REGISTERED_MODEL  # MLflow model registry name
 
 
 @dg.asset(group_name="alignment", kinds={"python", "pytorch", "mlflow"}, deps=["sft_prompt_dataset"])
@@ -64,14 +65,14 @@ def lora_adapter(
     indexed in the DuckDB table lora_adapters."""
     from resources.models import resolve_model
 
-    cfg = logic.LoraTrainSettings(
-        **{k: v for k, v in config.model_dump().items() if k in logic.LoraTrainSettings.__dataclass_fields__}
+    cfg = train.LoraTrainSettings(
+        **{k: v for k, v in config.model_dump().items() if k in train.LoraTrainSettings.__dataclass_fields__}
     )
     cfg.target_modules = tuple(config.target_modules)
     with duckdb.get_connection() as conn:
-        files = logic.latest_prompt_files(conn)
+        files = registry.latest_prompt_files(conn)
         tags = lineage(context, conn)
-    train, evals = logic.dataset_rows(
+    train_rows, evals = data.dataset_rows(
         files,
         config.forms,
         config.listwise_share,
@@ -81,11 +82,13 @@ def lora_adapter(
         by_episode=config.loss == "softmax" or config.pack_prefix,
         with_quantity=config.pack_prefix and config.quantity_weight > 0,
     )
-    context.log.info(f"lora_adapter: {train.height} train rows, {evals.height} eval rows ({files['run_id']})")
+    context.log.info(
+        f"lora_adapter: {train_rows.height} train rows, {evals.height} eval rows ({files['run_id']})"
+    )
     model_path = str(resolve_model(config.base_model))
     out_dir = data_dir() / "adapters" / context.run.run_id
-    result = logic.train_lora(model_path, train, evals, cfg, out_dir, log=context.log.info)
-    png = logic.loss_curve_png(result, out_dir.parent / f"{context.run.run_id}_loss_curve.png")
+    result = train.train_lora(model_path, train_rows, evals, cfg, out_dir, log=context.log.info)
+    png = train.loss_curve_png(result, out_dir.parent / f"{context.run.run_id}_loss_curve.png")
     tags |= {
         "base_model": config.base_model,
         "base_model_path": model_path,
@@ -97,23 +100,23 @@ def lora_adapter(
         mlf.log_params({k: str(v)[:500] for k, v in config.model_dump().items()})
         for point in result.loss_history:
             mlf.log_metric("train_loss_curve", point["loss"], step=int(point["step"]))
-        mlf.log_metrics(logic.finite(result.metrics()))
+        mlf.log_metrics(registry.finite(result.metrics()))
         mlf.log_artifact(str(png))
-        model_uri, version = logic.log_and_register_adapter(
+        model_uri, version = registry.log_and_register_adapter(
             out_dir,
             model_path,
             config.registered_model,
             tags={"base_model": config.base_model, "dataset_run_id": files["run_id"]},
         )
-    row = logic.adapter_row(context.run.run_id, run.info.run_id, version, result, config.base_model, files)
+    row = registry.adapter_row(context.run.run_id, run.info.run_id, version, result, config.base_model, files)
     with duckdb.get_connection() as conn:
-        logic.write_adapter_row(conn, row)
+        registry.write_adapter_row(conn, row)
         table = conn.sql("select * from lora_adapters order by created_at desc").pl()
-    weights = artifact_metadata(logic.adapter_weights_file(out_dir))
+    weights = artifact_metadata(train.adapter_weights_file(out_dir))
     return dg.MaterializeResult(
         metadata={
             **table_metadata(table),
-            **logic.finite(result.metrics()),
+            **registry.finite(result.metrics()),
             "mlflow_run_id": run.info.run_id,
             "mlflow_run_url": dg.MetadataValue.url(mlflow.run_url(run)),
             "base_model": config.base_model,
@@ -123,7 +126,7 @@ def lora_adapter(
             "adapter_path": dg.MetadataValue.path(str(out_dir)),
             "adapter_sha256": weights["sha256"],
             "adapter_size_bytes": weights["size_bytes"],
-            "loss_curve": dg.MetadataValue.md(logic.png_markdown(png)),
+            "loss_curve": dg.MetadataValue.md(registry.png_markdown(png)),
         }
     )
 
