@@ -9,15 +9,24 @@ import pytest
 
 from assets.evaluation import metrics as M
 from assets.evaluation.baselines import (
+    CHOICE_METHODS,
+    SIX_FEATURES,
+    SPLITS,
     BaselineSettings,
+    features_matrix,
+    fit_clogit6,
+    fit_clogit_on,
     qty_customer_mean,
     qty_one,
     run_baselines,
+    score_clogit6,
     score_popularity,
     score_random,
     score_repeat,
     split_membership,
+    val_folds,
 )
+from assets.evaluation.best_classic import best_classic_by_split, best_classic_rows
 from assets.evaluation.logic import headline_metrics, metrics_markdown, metrics_problems
 
 
@@ -387,15 +396,22 @@ def test_run_baselines_on_tiny_tables():
     assert metrics_problems(met) == []
     # predictions: every method on every val/test option
     n_eval_rows = options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
-    assert run.predictions.height == 5 * n_eval_rows
+    assert run.predictions.height == 6 * n_eval_rows  # random, popularity, repeat, clogit, clogit6, lgbm
     md = metrics_markdown(met)
     assert "**test_all**" in md and "clogit" in md
     assert headline_metrics(met)["test_all/repeat/hit1"] == get[("repeat", "test_all")]["hit1"]
 
 
 def write_warehouse(conn, tables):
+    """The four tables, plus episode_purchases (the actual choices as purchases: select_eval_options reads
+    which products sold before the first val day)."""
+    purchases = tables[0].select(
+        "basket_id", "customer_id", "category", "day", product_id="chosen_product_id"
+    )
     for name, frame in zip(
-        ["decision_episodes", "episode_options", "option_features", "episode_splits"], tables, strict=True
+        ["decision_episodes", "episode_options", "option_features", "episode_splits", "episode_purchases"],
+        [*tables, purchases],
+        strict=True,
     ):
         conn.register("tmp_frame", frame.to_arrow())
         conn.execute(f"create or replace table {name} as select * from tmp_frame")
@@ -432,8 +448,12 @@ def test_baseline_report_materializes(duckdb_resource, mlflow_resource):
         qty_one_mae = conn.execute(
             "select qty_mae from baseline_metrics where method = 'qty_one' and split = 'test_all'"
         ).fetchall()[0][0]
-    assert set(met["split"]) == {"val", "test_all", "test_sparse", "test_cold", "test_new"}
-    assert n_pred == 5 * options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
+    assert set(met["split"]) == {"val", "test_all", "test_sparse", "test_cold", "test_new"} | {
+        "val_sparse",
+        "val_cold",
+        "val_new",
+    }
+    assert n_pred == 6 * options.join(splits.filter(pl.col("period") != "train"), on="episode_id").height
     # qty_one: mean |1 - quantity| over the test episodes, computed from the input table
     assert qty_one_mae == pytest.approx(float((test["quantity"] - 1).abs().mean()))
     checks = result.get_asset_check_evaluations()
@@ -517,8 +537,166 @@ def test_build_baseline_report_writes_tables_and_restores_memory_limit(tmp_path)
     )
     assert conn.execute("select current_setting('memory_limit')").fetchall()[0][0] == before
     n = conn.execute("select count(*) from baseline_metrics").fetchall()[0][0]
-    assert n == run.metrics.height == 7 * 5  # 5 choice methods + 2 quantity baselines, 5 splits
+    # (6 choice methods + 2 quantity baselines) x (5 splits + 3 val analogues) + a best_classic row per split
+    assert n == run.metrics.height == 8 * 8 + 5
     kinds = conn.execute("select count(*) from baseline_predictions where prob is null").fetchall()[0][0]
     n_eval = tables[1].join(tables[3].filter(pl.col("period") != "train"), on="episode_id").height
     assert kinds == n_eval  # only repeat has no probabilities
     conn.close()
+
+
+# --- clogit6 and the best classic per split ----------------------------------------------------------
+
+
+def six_feature_episodes(n_episodes=4000, k=6, seed=0, beta=(-0.8, 1.5, 0.6, 1.2, 0.4, 0.9)):
+    """Synthetic choice sets whose raw columns map onto SIX_FEATURES, the choice drawn from a conditional logit
+    with the planted coefficients `beta` (order: log_price, discount_depth, log_pop_28d, log_cust_product,
+    log_cust_brand, is_new); half the episodes are val (one category in four cold), half test."""
+    rng = np.random.default_rng(seed)
+    n = n_episodes * k
+    price = np.exp(rng.normal(0.5, 0.5, n))
+    pop = rng.poisson(3.0, n) * (rng.random(n) < 0.85)
+    frame = pl.DataFrame(
+        {
+            "episode_id": np.repeat([f"e{i:05d}" for i in range(n_episodes)], k),
+            "position": np.tile(np.arange(1, k + 1), n_episodes).astype(np.int32),
+            "product_id": [f"p{j}" for j in range(n)],
+            "log_price": np.log(price + 0.01),
+            "discount_depth": rng.uniform(0, 0.5, n) * (rng.random(n) < 0.3),
+            "pop_28d": pop,
+            "pop_total": pop,
+            "is_new": rng.random(n) < 0.1,
+            "cust_product_purchases": rng.poisson(0.5, n),
+            "cust_brand_purchases": rng.poisson(1.5, n),
+        }
+    )
+    X = features_matrix(frame, SIX_FEATURES)
+    u = X @ np.array(beta) + rng.gumbel(size=n)
+    chosen = u.reshape(n_episodes, k).argmax(axis=1)
+    is_chosen = np.zeros(n, dtype=bool)
+    is_chosen[np.arange(n_episodes) * k + chosen] = True
+    ep = np.arange(n) // k
+    return frame.with_columns(
+        is_chosen=pl.Series(is_chosen),
+        period=pl.Series(np.where(ep % 2 == 0, "val", "test")),
+        cold_category=pl.Series(ep % 8 == 1),
+    )
+
+
+def test_clogit6_recovers_planted_coefficients():
+    beta = np.array([-0.8, 1.5, 0.6, 1.2, 0.4, 0.9])
+    frame = six_feature_episodes(beta=tuple(beta))
+    res = fit_clogit_on(frame, SIX_FEATURES)
+    assert res.converged and res.feature_names == list(SIX_FEATURES)
+    assert np.all(np.abs(res.coef - beta) < 4 * res.se), (res.coef, res.se)
+    assert np.max(np.abs(res.coef - beta)) < 0.25
+
+
+def test_clogit6_fits_on_val_outside_cold_and_cross_fits_val_scores():
+    frame = six_feature_episodes(n_episodes=2000, seed=1)
+    val = frame.filter(pl.col("period") == "val")
+    model = fit_clogit6(val, BaselineSettings(clogit6_folds=2))
+    # fit on the val episodes of the warm categories only
+    n_warm = val.filter(~pl.col("cold_category"))["episode_id"].n_unique()
+    assert model.full.n_groups == n_warm
+    assert sum(r.n_groups for r in model.folds) == n_warm
+    scored = score_clogit6(frame, model)
+    X = features_matrix(frame, SIX_FEATURES)
+    fold = val_folds(frame, 0, 2).to_numpy()
+    is_val = (frame["period"] == "val").to_numpy()
+    expect = X @ model.full.coef
+    for f, res in enumerate(model.folds):
+        expect[is_val & (fold == f)] = (X @ res.coef)[is_val & (fold == f)]
+    np.testing.assert_allclose(scored["score"].to_numpy(), expect)
+    # a val row is never scored by a model that saw it: its fold's model differs from the full one
+    assert not np.allclose(
+        scored.filter(pl.col("period") == "val")["score"].to_numpy(), (X @ model.full.coef)[is_val]
+    )
+    sums = scored.group_by("episode_id").agg(pl.col("prob").sum())["prob"].to_numpy()
+    np.testing.assert_allclose(sums, 1.0)
+
+
+def metrics_rows(figures):
+    """figures: {(method, split): (n_episodes, hit1)} -> a baseline_metrics-like frame."""
+    rows = [
+        {"method": m, "split": s, "n_episodes": n, "hit1": h, "hit3": h, "nll": 1.0}
+        for (m, s), (n, h) in figures.items()
+    ]
+    return pl.DataFrame(rows).with_columns(
+        qty_mae=pl.lit(None, pl.Float64),
+        qty_wape=pl.lit(None, pl.Float64),
+        share_jsd=pl.lit(None, pl.Float64),
+    )
+
+
+def test_best_classic_is_chosen_on_val_not_on_test():
+    figures = {
+        # lgbm leads on val; clogit6 on val_new; the test figures point the other way and must not matter
+        ("lgbm", "val"): (1000, 0.58),
+        ("clogit6", "val"): (1000, 0.57),
+        ("lgbm", "val_new"): (300, 0.08),
+        ("clogit6", "val_new"): (300, 0.12),
+        ("lgbm", "val_sparse"): (50, 0.10),  # too few to choose on: test_sparse falls back to val
+        ("clogit6", "val_sparse"): (50, 0.90),
+        ("lgbm", "val_cold"): (400, 0.50),
+        ("clogit6", "val_cold"): (400, 0.50),  # a tie: the earlier method of CHOICE_METHODS (clogit6)
+        ("lgbm", "test_all"): (2000, 0.10),
+        ("clogit6", "test_all"): (2000, 0.90),
+        ("lgbm", "test_new"): (200, 0.90),
+        ("clogit6", "test_new"): (200, 0.10),
+        ("lgbm", "test_sparse"): (20, 0.3),
+        ("clogit6", "test_sparse"): (20, 0.4),
+        ("lgbm", "test_cold"): (300, 0.6),
+        ("clogit6", "test_cold"): (300, 0.5),
+        ("qty_one", "val_new"): (300, None),  # a quantity row has no hit1: never a candidate
+    }
+    metrics = metrics_rows(figures)
+    choice = best_classic_by_split(metrics, min_val_episodes=200)
+    got = {r["split"]: (r["method"], r["chosen_on"]) for r in choice.iter_rows(named=True)}
+    assert got == {
+        "val": ("lgbm", "val"),
+        "test_all": ("lgbm", "val"),
+        "test_sparse": ("lgbm", "val"),
+        "test_cold": ("clogit6", "val_cold"),
+        "test_new": ("clogit6", "val_new"),
+    }
+    # the test figures play no part: scrambling them leaves the choice as it is
+    scrambled = metrics.with_columns(
+        hit1=pl.when(pl.col("split").str.starts_with("test"))
+        .then(1.0 - pl.col("hit1"))
+        .otherwise(pl.col("hit1"))
+    )
+    assert best_classic_by_split(scrambled, min_val_episodes=200).equals(choice)
+    # the best_classic rows carry the chosen method's figures of each split
+    rows = {r["split"]: r for r in best_classic_rows(metrics, choice).iter_rows(named=True)}
+    assert set(rows) == set(got) and all(r["method"] == "best_classic" for r in rows.values())
+    assert rows["test_new"]["hit1"] == 0.10 and rows["test_all"]["hit1"] == 0.10
+    assert rows["test_cold"]["hit1"] == 0.5
+
+
+def test_run_baselines_reports_clogit6_and_best_classic():
+    episodes, options, feats, splits = tiny_tables(seed=2)
+    opts = (
+        options.join(
+            episodes.select("episode_id", "basket_id", "category", "customer_id", "quantity"), on="episode_id"
+        )
+        .join(splits, on="episode_id")
+        .join(feats, on=["episode_id", "product_id"], how="left")
+    )
+    run = run_baselines(
+        opts, BaselineSettings(max_train_episodes=10_000, lgbm_n_estimators=20), log=lambda s: None
+    )
+    assert run.clogit6 is not None and run.clogit6.feature_names == list(SIX_FEATURES)
+    best = run.best_classic
+    assert best["split"].to_list() == SPLITS
+    # each best_classic row is a copy of its chosen method's row of that split
+    for r in best.iter_rows(named=True):
+        mine = run.metrics.filter((pl.col("method") == "best_classic") & (pl.col("split") == r["split"]))
+        theirs = run.metrics.filter((pl.col("method") == r["method"]) & (pl.col("split") == r["split"]))
+        assert mine.drop("method").equals(theirs.drop("method"))
+    val = run.metrics.filter(pl.col("split") == "val", pl.col("method").is_in(CHOICE_METHODS))
+    assert (
+        best.filter(pl.col("split") == "test_all")["method"][0]
+        == val.sort("hit1", descending=True)["method"][0]
+    )
+    assert "**best classic per split" in metrics_markdown(run.metrics, best)

@@ -23,6 +23,10 @@ class BaselineReportConfig(dg.Config):
     lgbm_max_bin: int = 63  # histogram bins: coarser is faster, features are mostly counts and logs
     lgbm_threads: int = 2  # the machines have 2 cores
     sample_per_split: int = 0  # 0: score every episode; N > 0: the protocol's seeded N-episode sample
+    clogit6_folds: int = 2  # clogit6 is fit on val: its val scores come from models fit on the other folds
+    best_classic_min_val_episodes: int = (
+        200  # a val analogue smaller than this: best_classic chooses on all of val
+    )
     duckdb_memory_limit: str = (
         ""  # e.g. "4GB": caps DuckDB while loading; empty keeps its setting (5.4 GB peak on CJ)
     )
@@ -39,8 +43,9 @@ def baseline_report(
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Reference baselines (random, popularity, repeat, conditional logit, LightGBM ranker, quantity
-    baselines) on every split: tables baseline_predictions and baseline_metrics, a plot, an MLflow run."""
+    """Reference baselines (random, popularity, repeat, conditional logits, LightGBM ranker, quantity
+    baselines) on every split, and each split's best classic method chosen on val: tables
+    baseline_predictions, baseline_metrics and baseline_best_classic, a plot, an MLflow run."""
     knobs = config.model_dump()
     memory_limit = knobs.pop("duckdb_memory_limit")
     settings = BaselineSettings(**knobs)
@@ -57,10 +62,11 @@ def baseline_report(
     context.log.info(f"baseline_report timings (s): {run.info.get('timings')}")
     metadata = {
         **table_metadata(run.metrics),
-        "metrics": dg.MetadataValue.md(logic.metrics_markdown(run.metrics)),
+        "metrics": dg.MetadataValue.md(logic.metrics_markdown(run.metrics, run.best_classic)),
         "plot": dg.MetadataValue.md(logic.image_markdown(plot_path)),
         "plot_path": dg.MetadataValue.path(str(plot_path)),
         **{f"plot_{k}": v for k, v in artifact_metadata(plot_path).items() if k != "path"},
+        "best_classic": dg.MetadataValue.text(str(run.info.get("best_classic", ""))),
         "predictions_row_count": dg.MetadataValue.int(run.predictions.height),
         "seconds_total": float(run.info["timings"]["total"]),
         "mlflow_run_id": dg.MetadataValue.text(mlrun.info.run_id),

@@ -14,9 +14,17 @@ Methods (names as they appear in `baseline_metrics.method`):
   would be a new method, not this baseline).
 - clogit: McFadden's conditional logit on the option features of `model_features`, fit on train episodes
   with use_for_fit = true; prob = its softmax.
+- clogit6: a conditional logit on the six SIX_FEATURES (log price, discount depth, log recent sales, log own
+  past purchases, log past purchases of the brand, is_new) fit on the val episodes outside the cold
+  categories: val's features have the test period's history depth (train's early months are left-censored:
+  docs/baselines-probe.md). Its val scores are cross-fitted (`clogit6_folds` folds by md5 of seed|episode_id:
+  each val episode is scored by the model fit on the other folds); val/test scores otherwise come from the
+  model fit on all of them.
 - lgbm: a LightGBM lambdarank ranker on the same features (a subsample of the fit episodes, early stopping on
   validation episodes); its scores are turned into probabilities by a softmax with a temperature fitted on
   validation episodes (a one-feature conditional logit on the score), so it has an nll too.
+best_classic (rows of that name): per split, the metrics of the classic method chosen on the split's val
+analogue (assets/evaluation/best_classic.py states the rule).
 Quantity baselines (rows `qty_customer_mean`, `qty_one`; hit and probability metrics null):
 - qty_customer_mean: the customer's mean units per purchase in this category before d (cust_mean_qty); else
   the mean units per purchase over days d-28..d-1 (prod_mean_qty_28d) of the method's top option; else 1;
@@ -37,10 +45,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from assets.evaluation.best_classic import (
+    VAL_SPLITS,
+    best_classic_by_split,
+    best_classic_rows,
+    val_analogue_membership,
+)
 from assets.evaluation.clogit import ClogitResult, fit_clogit, group_softmax
 from assets.evaluation.metrics import evaluate_splits, qty_mae, qty_wape
 
-CHOICE_METHODS = ["random", "popularity", "repeat", "clogit", "lgbm"]
+CHOICE_METHODS = ["random", "popularity", "repeat", "clogit", "clogit6", "lgbm"]
 QTY_METHODS = ["qty_customer_mean", "qty_one"]
 SPLITS = ["val", "test_all", "test_sparse", "test_cold", "test_new"]
 
@@ -81,6 +95,13 @@ MODEL_FEATURES: dict[str, pl.Expr] = {
     "ref_price_gap": pl.col("ref_price_gap").cast(pl.Float64).fill_null(0).clip(-1.0, 3.0),
     "ref_price_loss": pl.col("ref_price_gap").cast(pl.Float64).fill_null(0).clip(0.0, 3.0),
 }
+# The six-feature conditional logit (`clogit6`): the same expressions as MODEL_FEATURES for the signals that
+# carry over to products without history (price, promotion, recent sales, habit, brand loyalty, newness).
+# It is fit on the validation episodes, whose history depth is the test period's; see docs/baselines-probe.md.
+SIX_FEATURES: dict[str, pl.Expr] = {
+    k: MODEL_FEATURES[k]
+    for k in ("log_price", "discount_depth", "log_pop_28d", "log_cust_product", "log_cust_brand", "is_new")
+}
 # The ranker also sees the (per-episode constant) context, which trees can interact with option features.
 LGBM_EXTRA_FEATURES: dict[str, pl.Expr] = {
     "log_cust_category": pl.col("cust_category_purchases").cast(pl.Float64).fill_null(0).log1p(),
@@ -104,6 +125,8 @@ class BaselineSettings:
     lgbm_max_bin: int = 63
     lgbm_threads: int = 2
     sample_per_split: int = 0  # 0: every episode of a split; N > 0: the N smallest md5(seed|basket|category)
+    clogit6_folds: int = 2  # clogit6 is fit on val: its val scores come from models fit on the other folds
+    best_classic_min_val_episodes: int = 200  # a val analogue smaller than this: choose on all of val
 
 
 @dataclass
@@ -114,6 +137,8 @@ class BaselineRun:
     metrics: pl.DataFrame  # method, split, n_episodes, hit1, hit3, nll, qty_mae, qty_wape, share_jsd
     clogit: ClogitResult | None
     info: dict[str, Any] = field(default_factory=dict)  # timings, sizes, lgbm iterations, temperature
+    clogit6: ClogitResult | None = None
+    best_classic: pl.DataFrame | None = None  # split, method, chosen_on, chosen_on_n, chosen_on_value
 
 
 # --- the option frame ----------------------------------------------------------------------------------
@@ -210,6 +235,11 @@ def feature_matrix(df: pl.DataFrame, extra: bool = False) -> np.ndarray:
     feats = dict(MODEL_FEATURES)
     if extra:
         feats.update(LGBM_EXTRA_FEATURES)
+    return features_matrix(df, feats)
+
+
+def features_matrix(df: pl.DataFrame, feats: dict[str, pl.Expr]) -> np.ndarray:
+    """(n_rows, k) float64 matrix of the named feature expressions (NaN and inf read as 0)."""
     X = np.empty((df.height, len(feats)), dtype=np.float64, order="F")
     for j, (name, expr) in enumerate(feats.items()):
         X[:, j] = df.select(expr.cast(pl.Float64).alias(name)).to_series().to_numpy()
@@ -250,9 +280,63 @@ def fit_clogit_baseline(train: pl.DataFrame, settings: BaselineSettings) -> Clog
     return fit_clogit(X, offsets, chosen, feature_names=feature_names())
 
 
+def fit_clogit_on(
+    frame: pl.DataFrame, feats: dict[str, pl.Expr], max_episodes: int = 0, seed: int = 0
+) -> ClogitResult:
+    """A conditional logit on the feature expressions `feats` over the qualifying episodes of `frame`."""
+    fit = _fit_frame(frame, max_episodes, seed)
+    offsets, chosen, _ = episode_layout(fit)
+    return fit_clogit(features_matrix(fit, feats), offsets, chosen, feature_names=list(feats))
+
+
+def val_folds(val: pl.DataFrame, seed: int, n_folds: int = 2) -> pl.Series:
+    """Per row of `val`: its episode's fold, int(md5("{seed}|{episode_id}"), 16) % n_folds (cross-fitting)."""
+    ids = val.select(pl.col("episode_id").unique())
+    key = (pl.lit(f"{seed}|") + pl.col("episode_id")).map_batches(_md5_series, return_dtype=pl.Utf8)
+    ids = ids.with_columns(fold=key.map_elements(lambda h: int(h, 16) % n_folds, return_dtype=pl.Int64))
+    return val.select("episode_id").join(ids, on="episode_id", how="left", maintain_order="left")["fold"]
+
+
 def score_clogit(df: pl.DataFrame, result: ClogitResult) -> pl.DataFrame:
     """Utilities and softmax probabilities; `df`'s episodes must be contiguous (sorted by episode_id)."""
     u = feature_matrix(df) @ result.coef
+    offsets, _, _ = episode_layout(df)
+    return df.with_columns(score=pl.Series(u), prob=pl.Series(group_softmax(u, offsets)))
+
+
+@dataclass
+class Clogit6Model:
+    """clogit6: the model fit on every val fit episode (test scores) and one per fold (val scores)."""
+
+    full: ClogitResult
+    folds: list[ClogitResult]
+    seed: int
+
+
+def fit_clogit6(val: pl.DataFrame, settings: BaselineSettings) -> Clogit6Model | None:
+    """clogit6 on the val episodes outside the cold categories (their val episodes stay unseen, as test_cold
+    wants), plus one model per fold for cross-fitted val scores. None without val fit episodes."""
+    if "cold_category" in val.columns:
+        val = val.filter(~pl.col("cold_category").fill_null(False))
+    if val.height == 0:
+        return None
+    full = fit_clogit_on(val, SIX_FEATURES)
+    folds = val_folds(val, settings.seed, settings.clogit6_folds)
+    per_fold = [fit_clogit_on(val.filter(folds != f), SIX_FEATURES) for f in range(settings.clogit6_folds)]
+    return Clogit6Model(full, per_fold, settings.seed)
+
+
+def score_clogit6(df: pl.DataFrame, model: Clogit6Model) -> pl.DataFrame:
+    """Utilities and softmax probabilities: val rows by their fold's model (fit without their fold), every
+    other row by the model fit on all val fit episodes; `df`'s episodes must be contiguous."""
+    X = features_matrix(df, SIX_FEATURES)
+    u = X @ model.full.coef
+    is_val = (df["period"] == "val").to_numpy()
+    if is_val.any():
+        fold = val_folds(df, model.seed, len(model.folds)).to_numpy()
+        for f, res in enumerate(model.folds):
+            rows = is_val & (fold == f)
+            u[rows] = X[rows] @ res.coef
     offsets, _, _ = episode_layout(df)
     return df.with_columns(score=pl.Series(u), prob=pl.Series(group_softmax(u, offsets)))
 
@@ -380,12 +464,17 @@ def qty_one(scored: pl.DataFrame) -> pl.DataFrame:
 
 
 def _metrics_rows(
-    method: str, scored: pl.DataFrame | None, qty: pl.DataFrame, members: pl.DataFrame
+    method: str,
+    scored: pl.DataFrame | None,
+    qty: pl.DataFrame,
+    members: pl.DataFrame,
+    splits: list[str] | None = None,
 ) -> list[dict]:
+    splits = splits or SPLITS
     if scored is not None:
-        return [{"method": method, **m} for m in evaluate_splits(scored, qty, members, SPLITS)]
+        return [{"method": method, **m} for m in evaluate_splits(scored, qty, members, splits)]
     rows = []  # a quantity-only method: no choice metrics
-    for split in SPLITS:
+    for split in splits:
         q = qty.join(members.filter(pl.col("split") == split), on="episode_id", how="semi")
         rows.append(
             {
@@ -423,15 +512,29 @@ class FittedBaselines:
     clogit: ClogitResult | None = None
     lgbm: LgbmModel | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    clogit6: Clogit6Model | None = None
 
 
 def fit_baseline_models(
     fit: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings, log=print
 ) -> FittedBaselines:
     """Fit the conditional logit and the ranker on `fit` (train rows with use_for_fit, episodes contiguous);
-    `val` (val rows) serves the ranker's early stopping and temperature."""
+    `val` (val rows) serves the ranker's early stopping and temperature, and is clogit6's fit sample."""
     out = FittedBaselines()
     out.info["n_fit_episodes"] = int(fit["episode_id"].n_unique()) if fit.height else 0
+    t = time.perf_counter()
+    out.clogit6 = fit_clogit6(val, settings)
+    if out.clogit6 is not None:
+        c6 = out.clogit6.full
+        out.info.update(
+            seconds_clogit6_fit=time.perf_counter() - t,
+            clogit6_converged=c6.converged and all(r.converged for r in out.clogit6.folds),
+            clogit6_n_fit_episodes=c6.n_groups,
+        )
+        log(
+            f"clogit6: {c6.n_groups} val episodes, loglik {c6.loglik:.1f} (null {c6.loglik_null:.1f}), "
+            + ", ".join(f"{n} {c:+.3f}" for n, c in zip(c6.feature_names, c6.coef, strict=True))
+        )
     if fit.height == 0:
         log("baselines: no fit episodes: clogit and lgbm are left out")
         return out
@@ -464,10 +567,14 @@ def score_baselines(
     t_all = time.perf_counter()
     evalf = _sorted(ensure_sample_key(evalf, settings.seed))
     info: dict[str, Any] = dict(models.info)
+    flags = [c for c in ("cold_category", "in_val_sparse", "in_val_new") if c in evalf.columns]
     episodes = evalf.group_by("episode_id").agg(
-        pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key").first()
+        pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key", *flags).first()
     )
     members = split_membership(episodes, settings.sample_per_split)
+    # the val analogues of the test splits, whole (they choose best_classic; never sampled)
+    members = pl.concat([members, val_analogue_membership(episodes)])
+    splits = SPLITS + VAL_SPLITS
     info["n_eval_episodes"] = int(episodes.height)
     info["n_eval_rows"] = int(evalf.height)
     log(f"baselines: scoring {info['n_eval_episodes']} val/test episodes ({info['n_eval_rows']} options)")
@@ -480,6 +587,8 @@ def score_baselines(
     }
     if models.clogit is not None:
         scored["clogit"] = score_clogit(evalf, models.clogit)
+    if models.clogit6 is not None:
+        scored["clogit6"] = score_clogit6(evalf, models.clogit6)
     if models.lgbm is not None:
         scored["lgbm"] = score_lgbm(evalf, models.lgbm)
     timings["score"] = time.perf_counter() - t
@@ -487,11 +596,15 @@ def score_baselines(
     t = time.perf_counter()
     rows: list[dict] = []
     for method, frame in scored.items():
-        rows += _metrics_rows(method, frame, qty_customer_mean(frame), members)
-    rows += _metrics_rows("qty_customer_mean", None, qty_customer_mean(scored["popularity"]), members)
-    rows += _metrics_rows("qty_one", None, qty_one(evalf), members)
+        rows += _metrics_rows(method, frame, qty_customer_mean(frame), members, splits)
+    rows += _metrics_rows("qty_customer_mean", None, qty_customer_mean(scored["popularity"]), members, splits)
+    rows += _metrics_rows("qty_one", None, qty_one(evalf), members, splits)
     timings["metrics"] = time.perf_counter() - t
     metrics = pl.DataFrame(rows, schema=METRICS_SCHEMA)
+    best = best_classic_by_split(metrics, CHOICE_METHODS, settings.best_classic_min_val_episodes)
+    metrics = pl.concat([metrics, best_classic_rows(metrics, best)])
+    info["best_classic"] = ", ".join(f"{r['split']}={r['method']}" for r in best.iter_rows(named=True))
+    log(f"best classic per split (chosen on val): {info['best_classic']}")
     predictions = pl.concat(
         [
             f.select(
@@ -506,7 +619,14 @@ def score_baselines(
     )
     timings["score_and_metrics"] = time.perf_counter() - t_all
     info["timings"] = timings
-    return BaselineRun(predictions=predictions, metrics=metrics, clogit=models.clogit, info=info)
+    return BaselineRun(
+        predictions=predictions,
+        metrics=metrics,
+        clogit=models.clogit,
+        info=info,
+        clogit6=models.clogit6.full if models.clogit6 is not None else None,
+        best_classic=best,
+    )
 
 
 def run_baselines(opts: pl.DataFrame, settings: BaselineSettings | None = None, log=print) -> BaselineRun:

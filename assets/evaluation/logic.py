@@ -16,6 +16,7 @@ from assets.evaluation.baselines import (
     CHOICE_METHODS,
     QTY_METHODS,
     SPLITS,
+    VAL_SPLITS,
     BaselineRun,
     BaselineSettings,
     fit_baseline_models,
@@ -36,9 +37,24 @@ def load_eval_frame(conn, seed: int) -> pl.DataFrame:
     return conn.sql(load_sql("evaluation/select_eval_options"), params={"seed": seed}).pl()
 
 
+BEST_CLASSIC_SCHEMA = {
+    "split": pl.Utf8,
+    "method": pl.Utf8,
+    "chosen_on": pl.Utf8,
+    "chosen_on_n": pl.Int64,
+    "chosen_on_value": pl.Float64,
+}
+
+
 def write_tables(conn, run: BaselineRun) -> None:
-    """Replace baseline_predictions and baseline_metrics with this run's frames."""
-    for name, frame in (("baseline_predictions", run.predictions), ("baseline_metrics", run.metrics)):
+    """Replace baseline_predictions, baseline_metrics and baseline_best_classic with this run's frames."""
+    best = run.best_classic if run.best_classic is not None else pl.DataFrame(schema=BEST_CLASSIC_SCHEMA)
+    tables = (
+        ("baseline_predictions", run.predictions),
+        ("baseline_metrics", run.metrics),
+        ("baseline_best_classic", best),
+    )
+    for name, frame in tables:
         conn.register(f"staged_{name}", frame.to_arrow())
         try:
             conn.execute(load_sql(f"evaluation/{name}"))
@@ -80,11 +96,22 @@ def fmt_cell(v: Any) -> str:
     return str(v)
 
 
-def metrics_markdown(metrics: pl.DataFrame) -> str:
-    """One markdown table per split (a heading per split), methods as rows."""
+def metrics_markdown(metrics: pl.DataFrame, best_classic: pl.DataFrame | None = None) -> str:
+    """One markdown table per split (a heading per split, the val analogues after the test splits), methods as
+    rows; then, when given, each split's best classic method and the val figure that chose it."""
     cols = ["method", "n_episodes", *METRIC_NAMES]
     out = []
-    for split in SPLITS:
+    if best_classic is not None and best_classic.height:
+        out.append("**best classic per split (chosen on val: assets/evaluation/best_classic.py)**\n")
+        out.append("| split | method | chosen on | n | hit1 there |")
+        out.append("|---|---|---|---|---|")
+        for r in best_classic.iter_rows(named=True):
+            out.append(
+                f"| {r['split']} | {r['method']} | {r['chosen_on']} | {r['chosen_on_n']} | "
+                f"{fmt_cell(r['chosen_on_value'])} |"
+            )
+        out.append("")
+    for split in SPLITS + VAL_SPLITS:
         part = metrics.filter(pl.col("split") == split)
         if part.height == 0:
             continue
@@ -162,11 +189,13 @@ def image_markdown(path: str | Path) -> str:
 
 
 def coefficients_frame(run: BaselineRun) -> pl.DataFrame:
-    """feature, coef, se, z of the fitted conditional logit (empty if it was not fitted)."""
-    schema = {"feature": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64}
-    if run.clogit is None:
-        return pl.DataFrame(schema=schema)
-    return pl.DataFrame(run.clogit.to_rows(), schema=schema)
+    """model, feature, coef, se, z of the fitted conditional logits (clogit, clogit6; none if not fitted)."""
+    schema = {"model": pl.Utf8, "feature": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64}
+    rows = []
+    for name, res in (("clogit", run.clogit), ("clogit6", run.clogit6)):
+        if res is not None:
+            rows += [{"model": name, **r} for r in res.to_rows()]
+    return pl.DataFrame(rows, schema=schema)
 
 
 def log_to_mlflow(run: BaselineRun, settings: BaselineSettings, out_dir: str | Path, plot_path: Path) -> None:
