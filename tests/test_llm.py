@@ -147,7 +147,7 @@ def test_label_logprobs_equal_unbatched(engine):
 
 
 def test_multi_token_answer_is_a_clear_error(engine):
-    from resources.hf_engine import AnswerTokenError
+    from resources.engine import AnswerTokenError
 
     with pytest.raises(AnswerTokenError) as err:
         engine.score_options(SYSTEM, OPTIONS[:2], answers=("Definitely yes", "No"))
@@ -176,7 +176,7 @@ def test_empty_inputs(engine):
 
 
 def test_parse_answer_grammar():
-    from resources.hf_engine import parse_answer
+    from resources.engine import parse_answer
 
     assert parse_answer(" A\n", ["A", "B"]) == "A"
     assert parse_answer("B", ["A", "B"]) == "B"
@@ -321,9 +321,27 @@ def test_llm_resource_errors_and_engine_cache(tiny_dir):
     clear_engines()
 
 
+def test_engines_share_one_contract():
+    """Both engines implement resources/engine.py's Engine; neither imports the other (docs/conventions.md,
+    habit 10), and the names callers import from resources.hf_engine are still there."""
+    import ast
+    from pathlib import Path
+
+    from resources import hf_engine, vllm_engine
+    from resources.engine import Engine, parse_answer
+
+    assert issubclass(hf_engine.HFEngine, Engine) and issubclass(vllm_engine.VLLMEngine, Engine)
+    for module, other in ((hf_engine, "resources.vllm_engine"), (vllm_engine, "resources.hf_engine")):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert other not in imported, f"{module.__name__} imports {other}"
+    assert hf_engine.parse_answer is parse_answer and callable(hf_engine.answer_token_ids)
+
+
 def test_importing_the_resource_loads_nothing_heavy():
     code = (
-        "import sys, resources.llm, resources.vllm_engine, resources.models; "
+        "import sys, resources.llm, resources.engine, resources.vllm_engine, resources.models; "
         "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
