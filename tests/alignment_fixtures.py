@@ -62,8 +62,31 @@ def episode_rows(n_episodes: int = 16) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-# fast settings of the tiny model's training runs
-FAST = dict(batch_size=8, learning_rate=5e-3, top_layers=1, logging_steps=2, warmup_steps=0, max_minutes=5.0)
+# The tiny model's training settings: every field of LoraTrainSettings (which has no defaults; the asset's
+# LoraAdapterConfig holds them) but max_steps and epochs, which each test states. Fast: a high learning rate, no
+# warmup, LoRA on the top layer only, the plain pointwise loss.
+FAST = dict(
+    lora_r=16,
+    lora_alpha=32,
+    lora_dropout=0.05,
+    top_layers=1,
+    target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    learning_rate=5e-3,
+    lr_scheduler="constant_with_warmup",
+    warmup_steps=0,
+    batch_size=8,
+    max_minutes=5.0,
+    max_length=512,
+    bf16_autocast=True,
+    gradient_checkpointing=False,
+    logging_steps=2,
+    seed=0,
+    num_threads=2,
+    loss="pointwise",
+    decay_by_time=False,
+    pack_prefix=False,
+    quantity_weight=0.0,
+)
 
 
 QTY_OF = {w: str(1 + i % 3) for i, w in enumerate(YES_WORDS)}  # each fruit's quantity answer: "1".."3"

@@ -1,5 +1,6 @@
-"""Alignment stage: LoRA training on the tiny model (loss goes down, top layers only, completion-only loss,
-time budget), data mixing, and the lora_adapter asset on a tiny warehouse with a temp MLflow registry."""
+"""Alignment stage: LoRA training on the tiny model (loss goes down, top layers only, completion-only loss, a
+seeded step budget, the time cap), data mixing, the settings' one source of defaults, and the lora_adapter
+asset on a tiny warehouse with a temp MLflow registry."""
 
 import math
 from datetime import datetime
@@ -38,10 +39,15 @@ def tokenizer(tiny_model):
     return AutoTokenizer.from_pretrained(str(tiny_model))
 
 
+def settings(**changes) -> train.LoraTrainSettings:
+    """The tiny model's training settings (FAST, 20 steps within one epoch) with some fields changed."""
+    return train.LoraTrainSettings(**{**FAST, "max_steps": 20, "epochs": 1.0, **changes})
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     rows = toy_rows(2)
-    cfg = train.LoraTrainSettings(**FAST, max_steps=20, epochs=20.0)
+    cfg = settings(max_steps=20, epochs=20.0)
     out = tmp_path_factory.mktemp("adapter")
     return train.train_lora(tiny_model, rows, rows.head(16), cfg, out)
 
@@ -150,9 +156,7 @@ def test_softmax_loss_trains_the_choice(tiny_model, tmp_path):
     from resources.hf_engine import HFEngine
 
     rows = episode_rows(16)
-    cfg = train.LoraTrainSettings(
-        **{**FAST, "loss": "softmax", "learning_rate": 1e-3}, max_steps=60, epochs=50.0
-    )
+    cfg = settings(loss="softmax", learning_rate=1e-3, max_steps=60, epochs=50.0)
     result = train.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
     # chance is ln 4 per episode; the trained choice model must be far better on these memorisable episodes
     assert result.eval_loss_before > 0.8 * math.log(4) and result.eval_loss < 0.5 * math.log(4)
@@ -193,15 +197,13 @@ def test_decay_by_time_lowers_the_learning_rate(tiny_model, tmp_path):
     """With a budget far longer than the run the factor stays near 1; with one that runs out it reaches 0:
     the adapter of a run whose steps all come after the budget equals the initial (zero-update) one."""
     rows = episode_rows(4)
-    cfg = train.LoraTrainSettings(
-        **{**FAST, "max_minutes": 1e-6}, decay_by_time=True, max_steps=3, epochs=5.0
-    )
+    cfg = settings(max_minutes=1e-6, decay_by_time=True, max_steps=3, epochs=5.0)
     trainer, state = train.build_trainer(tiny_model, rows, None, cfg, tmp_path / "t", train._quiet)
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
     trainer.train()
     after = {k: v.detach() for k, v in trainer.model.named_parameters() if "lora_B" in k}
     assert all(float((after[k] - before[k]).abs().max()) == 0.0 for k in before)  # lr 0: no update
-    cfg2 = train.LoraTrainSettings(**FAST, decay_by_time=True, max_steps=3, epochs=5.0)
+    cfg2 = settings(decay_by_time=True, max_steps=3, epochs=5.0)
     trainer2, _ = train.build_trainer(tiny_model, rows, None, cfg2, tmp_path / "t2", train._quiet)
     trainer2.train()
     moved = [float(v.detach().abs().max()) for k, v in trainer2.model.named_parameters() if "lora_B" in k]
@@ -294,8 +296,10 @@ def test_packed_training_learns_the_quantity(tiny_model, tmp_path):
     prompts = [quantity_prompt(w) for w in QTY_OF]
     mass = {}
     for weight in (1.0, 0.0):
-        cfg = train.LoraTrainSettings(
-            **{**FAST, "loss": "softmax", "learning_rate": 1e-3, "pack_prefix": True},
+        cfg = settings(
+            loss="softmax",
+            learning_rate=1e-3,
+            pack_prefix=True,
             quantity_weight=weight,
             max_steps=60,
             epochs=50.0,
@@ -340,10 +344,8 @@ def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss
     longest = max(
         len(ids) for ids in tokenizer(rows["prompt"].to_list(), add_special_tokens=False)["input_ids"]
     )
-    cfg = train.LoraTrainSettings(  # max_length bounds each prompt; a pack of 4 is longer and must not be cut
-        **{**FAST, "loss": loss, "learning_rate": 1e-3, "pack_prefix": True, "max_length": longest},
-        max_steps=60,
-        epochs=50.0,
+    cfg = settings(  # max_length bounds each prompt; a pack of 4 is longer and must not be cut
+        loss=loss, learning_rate=1e-3, pack_prefix=True, max_length=longest, max_steps=60, epochs=50.0
     )
     result = train.train_lora(tiny_model, rows, rows, cfg, tmp_path / "a")
     assert result.examples_seen == 60 * 8  # batch 8 answers = 2 packed episodes of 4 per step
@@ -364,17 +366,13 @@ def test_packed_training_learns_the_choice(tiny_model, tokenizer, tmp_path, loss
 def test_packing_refuses_other_forms(tiny_model, tmp_path):
     rows = episode_rows(2).with_columns(form=pl.lit("listwise"))
     with pytest.raises(ValueError, match="pack_prefix packs utility rows"):
-        train.train_lora(
-            tiny_model, rows, None, train.LoraTrainSettings(**FAST, pack_prefix=True), tmp_path / "a"
-        )
+        train.train_lora(tiny_model, rows, None, settings(pack_prefix=True), tmp_path / "a")
 
 
 def test_softmax_loss_needs_episodes(tiny_model, tmp_path):
     rows = toy_rows(1)  # one option per episode: nothing to compare
     with pytest.raises(ValueError, match="softmax loss: no episode"):
-        train.train_lora(
-            tiny_model, rows, None, train.LoraTrainSettings(**{**FAST, "loss": "softmax"}), tmp_path / "a"
-        )
+        train.train_lora(tiny_model, rows, None, settings(loss="softmax"), tmp_path / "a")
 
 
 def test_only_top_layers_get_lora(trained, tiny_model):
@@ -404,7 +402,7 @@ def test_loss_is_on_the_completion_only(tiny_model, tmp_path):
     import torch
 
     rows = toy_rows(1).head(4)
-    cfg = train.LoraTrainSettings(**{**FAST, "bf16_autocast": False, "batch_size": 2})
+    cfg = settings(bf16_autocast=False, batch_size=2)
     trainer, _ = train.build_trainer(tiny_model, rows, rows.head(1), cfg, tmp_path / "w", log=print)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     labels, ids = batch["labels"], batch["input_ids"]
@@ -445,12 +443,95 @@ def test_adapter_loads_in_the_scoring_engine(trained, tiny_model):
         assert u == pytest.approx((logp[YES_ID] - logp[NO_ID]).item(), abs=1e-3)
 
 
-def test_time_budget_stops_training(tiny_model, tmp_path):
+def test_settings_have_one_source_of_defaults():
+    """LoraTrainSettings has no defaults: LoraAdapterConfig holds every one, and settings_of hands them on."""
+    import dataclasses
+
+    from assets.alignment import LoraAdapterConfig
+
+    fields = dataclasses.fields(train.LoraTrainSettings)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    assert {f.name for f in fields} <= set(LoraAdapterConfig.model_fields)
+    assert set(FAST) | {"max_steps", "epochs"} == {f.name for f in fields}  # the fixtures name every field
+    s = train.settings_of(LoraAdapterConfig())
+    assert (s.loss, s.pack_prefix, s.max_steps, s.max_minutes) == ("softmax", True, 200, 30.0)
+    assert s.target_modules == train.LLAMA_PROJECTIONS and not s.decay_by_time
+    with pytest.raises(AttributeError):
+        train.settings_of(object())  # no field falls back on a default of its own
+
+
+def test_a_changed_config_default_reaches_the_trainer(tiny_model, tmp_path):
+    """Changing a default in LoraAdapterConfig alone changes the trainer built from the config: the LoRA rank
+    of the peft model and the loss (trainer class) it trains with."""
+    from assets.alignment import LoraAdapterConfig
+
+    class Changed(LoraAdapterConfig):
+        lora_r: int = 4
+        loss: str = "pointwise"
+        pack_prefix: bool = False
+
+    rows = episode_rows(4)
+    built = {}
+    for name, config in {
+        "default": LoraAdapterConfig(top_layers=1),
+        "changed": Changed(top_layers=1),
+    }.items():
+        trainer, _ = train.build_trainer(
+            tiny_model, rows, None, train.settings_of(config), tmp_path / name, train._quiet
+        )
+        built[name] = (trainer.model.peft_config["default"].r, type(trainer).__name__, trainer.args.max_steps)
+    # 4 episodes in one epoch: packed, 16 answers / 4 options = 4 episodes a step (1 step); pointwise 16 rows
+    assert built["default"] == (16, "PackedSFTTrainer", 1)
+    assert built["changed"] == (4, "AnswerHeadSFTTrainer", 1)
+
+
+def test_same_seed_and_steps_give_the_same_adapter(tiny_model, tmp_path):
+    """The step budget with a seed fixes the adapter: two runs (dropout on, packed softmax as by default) give
+    the same weights up to floating-point noise and the same steps; another seed gives other weights."""
+    from safetensors.torch import load_file
+
+    rows = episode_rows(16)
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        cfg = settings(
+            loss="softmax",
+            pack_prefix=True,
+            lora_dropout=0.2,
+            seed=seed,
+            max_steps=7,
+            epochs=50.0,
+            max_minutes=30,
+        )
+        result = train.train_lora(tiny_model, rows, None, cfg, tmp_path / name)
+        weights = load_file(str(train.adapter_weights_file(result.adapter_dir)))
+        runs[name] = (result, weights)
+    (ra, wa), (rb, wb), (_, wc) = runs["a"], runs["b"], runs["c"]
+    assert ra.steps == rb.steps == 7 and ra.stopped_by == rb.stopped_by == "steps"
+    assert [p["loss"] for p in ra.loss_history] == pytest.approx(
+        [p["loss"] for p in rb.loss_history], abs=1e-5
+    )
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    assert max(float((wa[k] - wc[k]).abs().max()) for k in wa) > 1e-3  # the seed matters
+
+
+def test_the_epochs_end_a_budget_longer_than_the_data(tiny_model, tmp_path):
+    rows = toy_rows(1)  # 16 rows: 2 steps of 8 an epoch
+    result = train.train_lora(tiny_model, rows, None, settings(max_steps=50, epochs=2.0), tmp_path / "a")
+    assert result.steps == 4 and result.stopped_by == "epoch"
+
+
+def test_time_cap_stops_training_and_says_so(tiny_model, tmp_path):
+    """A step budget the 2-second cap cuts short: the run stops, warns, and reports stopped_by="time_cap"."""
     rows = toy_rows(2)
-    cfg = train.LoraTrainSettings(**{**FAST, "max_minutes": 2.0 / 60, "epochs": 50.0})
-    result = train.train_lora(tiny_model, rows, None, cfg, tmp_path / "a")
+    cfg = settings(max_minutes=2.0 / 60, max_steps=100_000, epochs=50.0)
+    warnings, infos = [], []
+    result = train.train_lora(
+        tiny_model, rows, None, cfg, tmp_path / "a", log=infos.append, warn=warnings.append
+    )
     planned = 50 * math.ceil(rows.height / 8)
-    assert result.stopped_by_time
+    assert result.stopped_by == "time_cap" and result.metrics()["stopped_by_time_cap"] == 1.0
+    assert len(warnings) == 1 and "time cap of 0.0333333 min reached" in warnings[0]
     assert 1 <= result.steps < planned
     assert result.seconds < 2.0 + 10.0  # stops at the first step end past 2 s
     assert math.isnan(result.eval_loss)
@@ -463,7 +544,7 @@ def test_no_training_rows_is_a_clear_error(tiny_model, tmp_path):
             tiny_model,
             pl.DataFrame({"prompt": [], "completion": []}, schema={"prompt": pl.Utf8, "completion": pl.Utf8}),
             None,
-            train.LoraTrainSettings(),
+            settings(),
             tmp_path / "a",
         )
 
@@ -566,6 +647,8 @@ def test_lora_adapter_asset(tiny_model, data_dir, duckdb_resource, mlflow_resour
     ):
         assert key in meta, key
     assert meta["steps"].value == 3 and meta["examples_seen"].value == 24
+    assert meta["stopped_by"].value == "steps" and meta["max_steps"].value == 3
+    assert meta["time_cap_minutes"].value == LoraAdapterConfig().max_minutes
     assert meta["dataset_run_id"].value == "prompts-run-1"
     assert meta["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
     adapter_dir = data_dir / "adapters" / result.run_id
@@ -602,7 +685,12 @@ def test_default_model_learns_yes_no(tmp_path):
     from resources.models import resolve_model
 
     rows = toy_rows(4)  # 64 synthetic yes/no rows
-    cfg = train.LoraTrainSettings(batch_size=8, max_steps=20, epochs=10.0, logging_steps=4, max_minutes=10.0)
+    from assets.alignment import LoraAdapterConfig
+
+    config = LoraAdapterConfig(
+        batch_size=8, max_steps=20, epochs=10.0, logging_steps=4, loss="pointwise", pack_prefix=False
+    )
+    cfg = train.settings_of(config)  # the asset's defaults: top 8 layers, r 16
     result = train.train_lora(resolve_model("default"), rows, rows.sample(32, seed=0), cfg, tmp_path / "a")
     assert result.layers_to_transform == list(range(22, 30))
     assert result.eval_loss < result.eval_loss_before - 0.1

@@ -14,6 +14,8 @@ from resources.paths import data_dir
 
 
 class LoraAdapterConfig(dg.Config):
+    """The only defaults of the LoRA training: train.settings_of(config) hands every training field on whole."""
+
     base_model: str = "default"  # "default" (SmolLM2-135M-Instruct), a local model folder or a HF id
     lora_r: int = 16  # LoRA rank (docs/notes.md: r=16 learnt the yes/no form in 12 minutes)
     lora_alpha: int = 32  # LoRA scale numerator (scale alpha/r = 2)
@@ -21,12 +23,22 @@ class LoraAdapterConfig(dg.Config):
     top_layers: int = 8  # LoRA on the top N layers only (layers_to_transform); 0 = all layers
     target_modules: list[str] = list(train.LLAMA_PROJECTIONS)  # all linear projections of a layer
     learning_rate: float = 5e-4  # AdamW learning rate (docs/notes.md: 5e-4 with batch 16)
-    batch_size: int = 16  # examples per optimizer step
-    max_minutes: float = 8.0  # training budget (quick: main_job in 25 min on 2 cores; full: 60); 6 -> 12 min
-    # took val hit@1 from 0.46 to 0.525 (docs/measurements.md), so the quick profile gives it what it can
-    max_steps: int = 0  # hard cap on optimizer steps; 0 = only the time budget and one epoch
+    lr_scheduler: str = "constant_with_warmup"  # no decay: the same rate whatever the step budget
+    warmup_steps: int = 5  # linear warmup steps
+    batch_size: int = 16  # answers per optimizer step: packed episodes of 10 options go 2 to a step
+    # The budget is a number of optimizer steps, so that the adapter (and every LLM figure after it) does not
+    # depend on the machine's load: a busy machine stopped a time budget of 8 minutes after 94 steps. 200 steps
+    # are the quiet 2-core machine's 7 minutes: its last quiet quick run did 4,597 answers in 8 min at 9.55
+    # answers/s (docs/measurements.md) with episodes of 10 options, round(16 / 10) = 2 episodes = 20 answers a
+    # step (the full run: 31,689 answers in 1,592 steps, 19.9), and 7 min x 60 x 9.55 = 4,011 answers / 20 =
+    # 200 steps. A longer budget pays: 6 -> 12 minutes took val hit@1 from 0.46 to 0.525.
+    max_steps: int = 200  # training budget in optimizer steps; 0 = the epochs decide
+    # safety cap on the training loop's wall time, about 4x the budget's 7 minutes; where it bites, the run
+    # stops early, warns and reports stopped_by="time_cap" in its metadata; 0 = none
+    max_minutes: float = 30.0
+    epochs: float = 1.0  # passes over the training items at most (200 steps use 400 of 4,000 quick episodes)
     max_train_examples: int = 8000  # rows drawn (seeded) for the unpacked pointwise loss; 0 = all rows. The
-    # softmax loss and packing take whole episodes: every row, the time budget decides how many are used
+    # softmax loss and packing take whole episodes: every row, the step budget decides how many are used
     eval_examples: int = 100  # val rows for the eval loss before and after training
     bf16_autocast: bool = True  # bf16 autocast for training (docs/notes.md: ~2.4x faster than fp32 on CPU)
     gradient_checkpointing: bool = (
@@ -46,8 +58,8 @@ class LoraAdapterConfig(dg.Config):
     # hit@1 on 301 test episodes (paired, 3.6 standard errors) for no quantity gain at that length
     # (docs/measurements.md); meant against the quantity drift of long training (60 minutes: median 2)
     quantity_weight: float = 0.0
-    decay_by_time: bool = False  # learning rate decays to 0 along a cosine of the elapsed time budget
-    seed: int = 0  # seed of the row sample, the LoRA init and the shuffling
+    decay_by_time: bool = False  # learning rate decays to 0 along a cosine of the time cap (machine-bound)
+    seed: int = 0  # seed of the row sample, the LoRA init, the shuffling and the dropout
     registered_model: str = registry.REGISTERED_MODEL  # MLflow model registry name
 
 
@@ -60,15 +72,11 @@ def lora_adapter(
 ) -> dg.MaterializeResult:
     """A LoRA adapter of the retail agent trained on the latest prompt dataset (by default the softmax over
     each training episode's options of their Yes-minus-No utilities, one packed sequence per episode, with
-    the chosen option's quantity answer as one more block when quantity_weight > 0; top layers, time
-    budget), saved under data/adapters/<run_id>/, logged and registered in the MLflow model registry, and
-    indexed in the DuckDB table lora_adapters."""
+    the chosen option's quantity answer as one more block when quantity_weight > 0; top layers, a
+    seeded budget of optimizer steps under a wall-time cap), saved under data/adapters/<run_id>/, logged and
+    registered in the MLflow model registry, and indexed in the DuckDB table lora_adapters."""
     from resources.models import resolve_model
 
-    cfg = train.LoraTrainSettings(
-        **{k: v for k, v in config.model_dump().items() if k in train.LoraTrainSettings.__dataclass_fields__}
-    )
-    cfg.target_modules = tuple(config.target_modules)
     with duckdb.get_connection() as conn:
         files = registry.latest_prompt_files(conn)
         tags = lineage(context, conn)
@@ -87,12 +95,16 @@ def lora_adapter(
     )
     model_path = str(resolve_model(config.base_model))
     out_dir = data_dir() / "adapters" / context.run.run_id
-    result = train.train_lora(model_path, train_rows, evals, cfg, out_dir, log=context.log.info)
+    settings = train.settings_of(config)
+    result = train.train_lora(
+        model_path, train_rows, evals, settings, out_dir, log=context.log.info, warn=context.log.warning
+    )
     png = train.loss_curve_png(result, out_dir.parent / f"{context.run.run_id}_loss_curve.png")
     tags |= {
         "base_model": config.base_model,
         "base_model_path": model_path,
         "dataset_run_id": files["run_id"],
+        "stopped_by": result.stopped_by,
     }
     with mlflow.start_run(run_name="lora_adapter", tags=tags) as run:
         import mlflow as mlf
@@ -127,6 +139,9 @@ def lora_adapter(
             "adapter_sha256": weights["sha256"],
             "adapter_size_bytes": weights["size_bytes"],
             "loss_curve": dg.MetadataValue.md(registry.png_markdown(png)),
+            "stopped_by": result.stopped_by,  # "steps" as planned; "time_cap": the safety cap cut it short
+            "max_steps": config.max_steps,
+            "time_cap_minutes": config.max_minutes,
         }
     )
 

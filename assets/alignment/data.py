@@ -227,7 +227,7 @@ def dataset_rows(
     """Training rows (forms mixed) and eval rows (val rows of the same forms, seeded sample) of a dataset.
 
     by_episode (the softmax loss, packing): whole episodes instead of rows: every utility training row (the
-    time budget decides how many are used; the trainer shuffles episodes) and the rows of seeded val episodes
+    step budget decides how many are used; the trainer shuffles episodes) and the rows of seeded val episodes
     holding about eval_examples utility rows, with episode_id and form kept for the grouping. with_quantity
     (by_episode only) adds the quantity row of each of those episodes (the packed loss trains its answer)."""
     utility = read_parquet_or_empty(files.get("train_utility"))

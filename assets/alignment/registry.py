@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resources.sql import load_sql
+from resources.warehouse import table_exists
 
 if TYPE_CHECKING:
     from assets.alignment.train import TrainResult
@@ -18,10 +19,11 @@ REGISTERED_MODEL = "malles-lora-adapter"
 
 def latest_prompt_files(conn) -> dict[str, str]:
     """{file: path} of the latest prompt dataset indexed in sft_prompt_files, plus "run_id"."""
-    try:
-        rows = conn.execute(load_sql("alignment/select_latest_prompt_files")).fetchall()
-    except Exception as exc:  # noqa: BLE001 - table missing
-        raise ValueError(f"no prompt dataset: materialize sft_prompt_dataset first ({exc})") from exc
+    if not table_exists(conn, "sft_prompt_files"):
+        raise ValueError(
+            "no prompt dataset: materialize sft_prompt_dataset first (no table sft_prompt_files)"
+        )
+    rows = conn.execute(load_sql("alignment/select_latest_prompt_files")).fetchall()
     if not rows:
         raise ValueError("no prompt dataset: sft_prompt_files is empty (materialize sft_prompt_dataset)")
     out = {file: path for _, file, path in rows}

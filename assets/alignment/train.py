@@ -2,11 +2,12 @@
 losses.py. No dagster import.
 
 Recipe (docs/notes.md, "Post-training the 135M model on CPU"): the yes/no utility form, LoRA on all projections of
-the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer positions only, a
-wall-clock budget. Losses: pointwise (cross-entropy of each answer) or softmax (the episode's choice over its
-options); packing puts an episode's prefix once before all its options (block attention mask), which the
-asset uses by default with the softmax loss (docs/measurements.md). `train_lora` reads like trl's
-`scripts/sft.py`: load data -> build trainer -> train -> save.
+the top layers only (peft's `layers_to_transform`), bf16 autocast, loss on the answer positions only, a budget
+of optimizer steps with a seed (the same adapter on a busy machine as on a quiet one; wall time only a cap).
+Losses: pointwise (cross-entropy of each answer) or softmax (the episode's choice over its options); packing
+puts an episode's prefix once before all its options (block attention mask), which the asset uses by default
+with the softmax loss (docs/measurements.md). `train_lora` reads like trl's `scripts/sft.py`: load data ->
+build trainer -> train -> save.
 
 Heavy libraries (torch, transformers, peft, trl, matplotlib) are imported inside the functions.
 """
@@ -17,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,39 +41,40 @@ def _quiet(_: str) -> None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraTrainSettings:
-    """Every knob of one LoRA training run (the asset's LoraAdapterConfig maps onto it)."""
+    """The knobs of one LoRA training run. No defaults here: LoraAdapterConfig (assets/alignment/__init__.py)
+    holds them, each with its reason, and `settings_of(config)` builds this from it."""
 
-    lora_r: int = 16  # rank of the LoRA matrices
-    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA input path
-    top_layers: int = 8  # LoRA on the top N decoder layers only; 0 (or >= the model's layers) = all layers
-    target_modules: tuple[str, ...] = LLAMA_PROJECTIONS  # which linear modules of a layer get LoRA
-    learning_rate: float = 5e-4  # AdamW learning rate
-    lr_scheduler: str = (
-        "constant_with_warmup"  # the time budget decides the steps, so no decay to a fixed end
-    )
-    warmup_steps: int = 5  # linear warmup steps
-    batch_size: int = 16  # examples per optimizer step
-    epochs: float = 1.0  # passes over the training rows (the time budget usually stops earlier)
-    max_steps: int = 0  # hard cap on optimizer steps; 0 = none
-    max_minutes: float = 12.0  # wall-clock budget of the training loop (evaluation excluded)
-    max_length: int = 512  # tokens per example; longer ones are truncated from the start (keep the answer)
-    bf16_autocast: bool = True  # bf16 autocast (CPU or GPU) where the device supports it
-    gradient_checkpointing: bool = False  # trl turns it on by default; it recomputes the forward (slower)
-    logging_steps: int = 5  # steps between two points of the loss curve
-    seed: int = 0  # seed of the LoRA init, the shuffling and the dropout
-    num_threads: int = 2  # torch CPU threads (this machine has 2 cores); 0 = torch's default
-    loss: str = "pointwise"  # 'pointwise': cross-entropy of each Yes/No answer; 'softmax': the episode's
-    # utilities log P(Yes) - log P(No) of its options (the chosen one and its sampled negatives) in a softmax,
-    # cross-entropy of the chosen option: the choice model's own likelihood (utility form only)
-    decay_by_time: bool = False  # learning rate times a cosine of the elapsed share of the time budget
-    pack_prefix: bool = False  # utility form: one sequence per episode, its prefix computed once for all of
-    # its options (block attention mask); same loss, fewer tokens per example
-    # packed: weight of the quantity answer's cross-entropy (over "1".."9") added per episode whose quantity
-    # row the rows hold; 0 leaves the quantity answer untrained
-    quantity_weight: float = 0.0
+    lora_r: int  # rank of the LoRA matrices
+    lora_alpha: int  # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float  # dropout on the LoRA input path
+    top_layers: int  # LoRA on the top N decoder layers only; 0 (or >= the model's layers) = all layers
+    target_modules: tuple[str, ...]  # which linear modules of a layer get LoRA
+    learning_rate: float  # AdamW learning rate
+    lr_scheduler: str  # transformers' lr_scheduler_type
+    warmup_steps: int  # linear warmup steps
+    batch_size: int  # answers per optimizer step (episodes: batch_size / options, at least 1)
+    epochs: float  # passes over the training items (the step budget usually stops earlier)
+    max_steps: int  # the training budget in optimizer steps; 0 = the epochs decide
+    max_minutes: float  # safety cap on the training loop's wall time (evaluation excluded); 0 = none
+    max_length: int  # tokens per example; longer ones are truncated from the start (keep the answer)
+    bf16_autocast: bool  # bf16 autocast (CPU or GPU) where the device supports it
+    gradient_checkpointing: bool  # recompute activations in the backward (slower, less memory)
+    logging_steps: int  # steps between two points of the loss curve
+    seed: int  # seed of the LoRA init, the shuffling and the dropout
+    num_threads: int  # torch CPU threads; 0 = torch's default
+    loss: str  # 'pointwise' (cross-entropy of each Yes/No answer) or 'softmax' (the episode's choice)
+    decay_by_time: bool  # learning rate times a cosine of the elapsed share of the time cap
+    pack_prefix: bool  # utility form: one sequence per episode, its prefix computed once for its options
+    quantity_weight: float  # packed: weight of the quantity answer's cross-entropy added per episode
+
+
+def settings_of(config: Any) -> LoraTrainSettings:
+    """The training settings read off a config object holding every field of LoraTrainSettings by name (the
+    asset's LoraAdapterConfig); a field it lacks is an AttributeError, never a default of this module's."""
+    values = {f.name: getattr(config, f.name) for f in fields(LoraTrainSettings)}
+    return LoraTrainSettings(**values | {"target_modules": tuple(values["target_modules"])})
 
 
 @dataclass
@@ -88,7 +90,7 @@ class TrainResult:
     seconds: float = 0.0  # training loop wall time (evaluation excluded)
     steps: int = 0
     examples_seen: int = 0
-    stopped_by_time: bool = False
+    stopped_by: str = ""  # "steps" (the step budget), "epoch" (the data ran out) or "time_cap" (the cap)
     layers_to_transform: list[int] | None = None
     device: str = "cpu"
     bf16: bool = False
@@ -102,7 +104,7 @@ class TrainResult:
             "trainable_params": float(self.trainable_params),
             "total_params": float(self.total_params),
             "examples_seen": float(self.examples_seen),
-            "stopped_by_time": float(self.stopped_by_time),
+            "stopped_by_time_cap": float(self.stopped_by == "time_cap"),
             "quantity_episodes": float(self.quantity_episodes),
         }
         return out
@@ -147,19 +149,23 @@ def _count_params(model) -> tuple[int, int]:
 
 
 def time_cosine_factor(elapsed: float, max_seconds: float) -> float:
-    """The learning-rate factor of the time-cosine schedule: 1 at the start, 0 when the budget is spent."""
+    """The learning-rate factor of the time-cosine schedule: 1 at the start, 0 when the time cap is spent."""
     if max_seconds <= 0:
         return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * min(max(elapsed / max_seconds, 0.0), 1.0)))
 
 
-def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log, decay_by_time: bool = False):
+def _time_cap_callback(
+    max_seconds: float, state: dict[str, Any], log: Log, warn: Log, decay_by_time: bool = False
+):
     from transformers import TrainerCallback
 
-    class TimeBudget(TrainerCallback):
-        """Stops training once the loop has run max_seconds; records the loss curve and the loop's time.
-        decay_by_time: before each optimizer step the learning rate is the scheduler's times the time-cosine
-        factor, so that it reaches 0 when the budget (not a step count nobody knows in advance) runs out."""
+    class TimeCap(TrainerCallback):
+        """Stops training once the loop has run max_seconds (a safety cap: the step budget should end it
+        first), warning that the adapter then depends on the machine's load; records the loss curve and the
+        loop's time. decay_by_time: before each optimizer step the learning rate is the scheduler's times the
+        time-cosine factor of the cap, so that it reaches 0 when the cap runs out (the schedule then depends
+        on the machine's speed: off by default)."""
 
         def on_train_begin(self, args, st, control, **kw):
             state["t0"] = time.perf_counter()
@@ -176,7 +182,10 @@ def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log, d
             if max_seconds > 0 and elapsed >= max_seconds and not control.should_training_stop:
                 control.should_training_stop = True
                 state["stopped_by_time"] = True
-                log(f"time budget reached after {elapsed:.0f} s at step {st.global_step}: stopping")
+                warn(
+                    f"time cap of {max_seconds / 60:g} min reached after {elapsed:.0f} s at step "
+                    f"{st.global_step} of {st.max_steps}: stopping; this adapter depends on the machine's load"
+                )
 
         def on_log(self, args, st, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -196,18 +205,25 @@ def _time_budget_callback(max_seconds: float, state: dict[str, Any], log: Log, d
             state["seconds"] = time.perf_counter() - state["t0"]
             state["steps"] = st.global_step
 
-    return TimeBudget()
+    return TimeCap()
 
 
 def build_trainer(
-    model_path: str | Path, train_rows, eval_rows, cfg: LoraTrainSettings, work_dir: Path, log: Log
+    model_path: str | Path,
+    train_rows,
+    eval_rows,
+    cfg: LoraTrainSettings,
+    work_dir: Path,
+    log: Log,
+    warn: Log | None = None,
 ):
     """The SFTTrainer (peft-wrapped model, pre-tokenized prompt/completion rows with completion masks) and the
-    bookkeeping dict its time-budget callback fills. Exposed for the tests (they inspect the collated batch)."""
+    bookkeeping dict its time-cap callback fills. Exposed for the tests (they inspect the collated batch).
+    Seeded throughout: the LoRA init here, the shuffling and the dropout by the trainer (seed, data_seed)."""
     import torch
     from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     if cfg.num_threads > 0:
@@ -222,6 +238,7 @@ def build_trainer(
     attn = {"attn_implementation": "sdpa"} if cfg.pack_prefix else {}
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32, **attn)
     n_layers = int(model.config.num_hidden_layers)
+    set_seed(cfg.seed)  # the LoRA init draws here, whatever loading the base model drew
     model = get_peft_model(model, lora_config(cfg, n_layers))
     train_df, eval_df = as_frame(train_rows), as_frame(eval_rows)
     if cfg.loss not in ("pointwise", "softmax"):
@@ -260,6 +277,9 @@ def build_trainer(
     else:
         train_ds = Dataset.from_dict(tokenize_pairs(tok, train_df, cfg.max_length))
         eval_ds = Dataset.from_dict(tokenize_pairs(tok, eval_df, cfg.max_length)) if eval_df.height else None
+    # transformers lets max_steps override the epochs (it cycles the data): the budget is the smaller of the two
+    epoch_steps = math.ceil(cfg.epochs * math.ceil(len(train_ds) / per_step))
+    max_steps = min(cfg.max_steps, epoch_steps) if cfg.max_steps > 0 else -1
     args = SFTConfig(
         output_dir=str(work_dir),
         per_device_train_batch_size=per_step,
@@ -268,7 +288,7 @@ def build_trainer(
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        max_steps=max_steps,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="no",
@@ -310,7 +330,7 @@ def build_trainer(
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tok,
-        callbacks=[_time_budget_callback(cfg.max_minutes * 60.0, state, log, cfg.decay_by_time)],
+        callbacks=[_time_cap_callback(cfg.max_minutes * 60.0, state, log, warn or log, cfg.decay_by_time)],
         **({"data_collator": extra["data_collator"]} if extra else {}),
     )
     state.update(device=device, bf16=use_bf16, layers=layers_to_transform(n_layers, cfg.top_layers))
@@ -327,14 +347,16 @@ def train_lora(
     cfg: LoraTrainSettings,
     out_dir: str | Path,
     log: Log = _quiet,
+    warn: Log | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on prompt/completion rows (loss on the completion only) within the time budget and
-    save it (adapter_config.json, adapter_model.safetensors, train_result.json) into out_dir."""
+    """Train a LoRA adapter on prompt/completion rows (loss on the completion only) for cfg.max_steps optimizer
+    steps (or cfg.epochs, whichever ends first; the time cap cfg.max_minutes only as a safety net, `warn`ed
+    when it bites) and save it (adapter_config.json, adapter_model.safetensors, train_result.json) in out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if as_frame(train_rows).height == 0:
         raise ValueError("no training rows: the prompt dataset has no rows of the chosen forms")
-    trainer, state = build_trainer(model_path, train_rows, eval_rows, cfg, out / "_trainer", log)
+    trainer, state = build_trainer(model_path, train_rows, eval_rows, cfg, out / "_trainer", log, warn)
     trainable, total = _count_params(trainer.model)
     log(
         f"LoRA r={cfg.lora_r} on layers {state['layers'] or 'all'}: {trainable:,} trainable of {total:,} "
@@ -352,6 +374,10 @@ def train_lora(
     # examples = answers: items (rows, or episodes of the softmax loss and of packing) times answers per item
     seen = int(min(steps * state.get("per_step", cfg.batch_size), state["n"]) * state.get("per_item", 1.0))
     seconds = float(state.get("seconds", 0.0))
+    if state["stopped_by_time"]:
+        stopped_by = "time_cap"
+    else:
+        stopped_by = "steps" if 0 < cfg.max_steps <= steps else "epoch"
     result = TrainResult(
         adapter_dir=str(out),
         train_loss=float(tail[0]["loss"]) if tail else math.nan,
@@ -364,7 +390,7 @@ def train_lora(
         seconds=seconds,
         steps=steps,
         examples_seen=seen,
-        stopped_by_time=bool(state["stopped_by_time"]),
+        stopped_by=stopped_by,
         layers_to_transform=state["layers"],
         device=state["device"],
         bf16=state["bf16"],
@@ -373,7 +399,8 @@ def train_lora(
     (out / "train_result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
     _remove_tree(out / "_trainer")
     log(
-        f"trained {seen} examples in {seconds:.0f} s ({result.examples_per_sec:.2f} ex/s): "
+        f"trained {seen} examples in {steps} steps, {seconds:.0f} s ({result.examples_per_sec:.2f} ex/s, "
+        f"stopped by {stopped_by}): "
         f"eval loss {eval_before:.4f} -> {eval_after:.4f}"
     )
     return result
