@@ -34,6 +34,7 @@ from assets.evaluation.baselines import (
     split_membership,
     val_folds,
 )
+from assets.evaluation.best_classic import VAL_SPLITS, val_analogue_membership
 from assets.evaluation.clogit import group_softmax
 from assets.evaluation.logic import load_eval_frame
 from assets.evaluation.metrics import evaluate_splits
@@ -89,6 +90,27 @@ def describe_history(samples: dict[str, pl.DataFrame], evalf: pl.DataFrame) -> p
     return pl.concat(rows)
 
 
+def utility_gaps(evalf, members, coef_rows, variants: list[str]) -> pl.DataFrame:
+    """Per variant, split (val_new, test_new, test_all) and feature: coef x (mean over the actual options -
+    mean over the other options), the feature's push on the actual option; the `total` row sums them."""
+    coefs = pl.DataFrame(coef_rows)
+    feats_all = {**MODEL_FEATURES}
+    out = []
+    for split in ("test_all", "val_new", "test_new"):
+        part = evalf.join(members.filter(pl.col("split") == split), on="episode_id", how="semi")
+        X = features_matrix(part, feats_all)
+        ch = part["is_chosen"].fill_null(False).to_numpy()
+        diff = dict(zip(feats_all, X[ch].mean(axis=0) - X[~ch].mean(axis=0), strict=True))
+        for v in variants:
+            c = coefs.filter(pl.col("variant") == v)
+            row = {"variant": v, "split": split}
+            for f, b in zip(c["feature"], c["coef"], strict=True):
+                row[f] = float(b * diff[f])
+            row["total"] = sum(row[f] for f in c["feature"])
+            out.append(row)
+    return pl.DataFrame(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warehouse", default="data/malles.duckdb")
@@ -101,10 +123,12 @@ def main() -> None:
     evalf = ensure_sample_key(load_eval_frame(conn, args.seed), args.seed).sort("episode_id", "position")
     train = conn.sql(load_sql("evaluation/select_probe_train_options")).pl().sort("episode_id", "position")
     conn.close()
+    flags = ["cold_category", "in_val_sparse", "in_val_new"]
     episodes = evalf.group_by("episode_id").agg(
-        pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key").first()
+        pl.col("period", "in_test_sparse", "in_test_cold", "in_test_new", "sample_key", *flags).first()
     )
-    members = split_membership(episodes)
+    members = pl.concat([split_membership(episodes), val_analogue_membership(episodes)])
+    splits = SPLITS + VAL_SPLITS
     val = evalf.filter(pl.col("period") == "val")
     last_train_day = train["day"].max()
     samples = {
@@ -116,7 +140,8 @@ def main() -> None:
         "train_last28": train.filter(
             pl.col("use_for_fit") & (pl.col("day") > last_train_day - timedelta(days=28))
         ),
-        "val": val,
+        # val outside the cold categories (what clogit6 fits on: test_cold's categories stay unseen)
+        "val": val.filter(~pl.col("cold_category").fill_null(False)),
     }
     print(
         f"loaded in {time.perf_counter() - t0:.0f} s: "
@@ -146,6 +171,8 @@ def main() -> None:
         ("six_no_is_new", "train"),
         ("six_no_is_new", "val"),
     ]
+    val_fit = samples["val"]
+    fit_folds = val_folds(val_fit, args.seed)
     folds = val_folds(val, args.seed)
     metric_rows, coef_rows = [], []
     for fs_name, sample in variants:
@@ -157,20 +184,20 @@ def main() -> None:
         if sample == "val":  # val figures out of sample: each fold scored by the model fit on the other
             parts = []
             for f in (0, 1):
-                other = fit_clogit_on(val.filter(folds != f), feats)
+                other = fit_clogit_on(val_fit.filter(fit_folds != f), feats)
                 parts.append(score(val.filter(folds == f), feats, other.coef))
             cross = pl.concat(parts).sort("episode_id", "position")
             scored = pl.concat([cross, scored.filter(pl.col("period") != "val")]).sort(
                 "episode_id", "position"
             )
-        for r in evaluate_splits(scored, None, members, SPLITS):
+        for r in evaluate_splits(scored, None, members, splits):
             metric_rows.append({"variant": name, **{k: r[k] for k in ("split", "n_episodes", "hit1", "nll")}})
         for row in res.to_rows():
             coef_rows.append({"variant": name, "n_fit": res.n_groups, **row})
         h = {r["split"]: r["hit1"] for r in metric_rows if r["variant"] == name}
         print(
             f"{name:30s} fit on {res.n_groups:7d} episodes ({time.perf_counter() - t:.0f} s): "
-            + " ".join(f"{s}={h[s]:.4f}" for s in SPLITS),
+            + " ".join(f"{s}={h[s]:.4f}" for s in splits),
             flush=True,
         )
     n_fit = pl.DataFrame(
@@ -183,6 +210,7 @@ def main() -> None:
         ]
     )
     history = describe_history(samples, evalf)
+    gaps = utility_gaps(evalf, members, coef_rows, ["model14@train", "model14@val", "six@train", "six@val"])
     metrics = pl.DataFrame(metric_rows)
     coefs = pl.DataFrame(coef_rows)
     hit = metrics.pivot(on="split", index="variant", values="hit1")
@@ -204,7 +232,7 @@ def main() -> None:
     ).pivot(on="variant", index="feature", values="coef")
     desc = describe_new(evalf, members)
     with pl.Config(tbl_rows=100, tbl_cols=20, float_precision=4, tbl_width_chars=200):
-        print(n, n_fit, hit, nll, coef_wide, desc, history, sep="\n")
+        print(n, n_fit, hit, nll, coef_wide, desc, history, gaps, sep="\n")
     if args.out:
         md = [
             "## N per split",
@@ -221,6 +249,8 @@ def main() -> None:
             _md(desc),
             "## history depth of each fit sample",
             _md(history),
+            "## utility gap of the actual option to the mean of the others, per feature (coef x mean difference)",
+            _md(gaps),
         ]
         Path(args.out).write_text("\n\n".join(md) + "\n", encoding="utf-8")
     print(f"total {time.perf_counter() - t0:.0f} s")
