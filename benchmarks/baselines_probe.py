@@ -4,7 +4,7 @@
 
 Reads the baseline option frames of a built warehouse (read-only; the features and splits stages must have run),
 then fits conditional logits that differ in one thing at a time:
-- features: the 14 MODEL_FEATURES of baselines.py, the six of SIX_FEATURES, and each set without is_new;
+- features: the 14 MODEL_FEATURES of assets/evaluation/options.py, the six of SIX_FEATURES, and each set without is_new;
 - fit sample: the train episodes with use_for_fit (what clogit uses: cold categories cut to 20 episodes) or
   the validation episodes. A val-fitted model's val figure is cross-fitted (2 folds by md5 of the episode),
   so it is out of sample like every test figure.
