@@ -700,3 +700,41 @@ def test_run_baselines_reports_clogit6_and_best_classic():
         == val.sort("hit1", descending=True)["method"][0]
     )
     assert "**best classic per split" in metrics_markdown(run.metrics, best)
+
+
+def test_eval_frame_flags_the_val_analogues(tmp_path):
+    import duckdb
+
+    from assets.evaluation.best_classic import val_analogue_membership
+    from assets.evaluation.logic import load_eval_frame
+
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    write_warehouse(conn, tiny_tables(seed=4, n_days=40))
+    val_start = conn.execute(
+        "select min(e.day) from decision_episodes e join episode_splits s using (episode_id) where s.period = 'val'"
+    ).fetchall()[0][0]
+    # A0 first sells in val; category B is a cold one; C's test episodes are test_sparse (tiny_tables)
+    conn.execute("delete from episode_purchases where product_id = 'A0' and day < $d", {"d": val_start})
+    conn.execute("update episode_splits set cold_category = true where episode_id like '%|B'")
+    frame = load_eval_frame(conn, 0)
+    conn.close()
+    eps = frame.filter(pl.col("is_chosen")).select(
+        "episode_id",
+        "period",
+        "category",
+        "cold_category",
+        "in_val_sparse",
+        "in_val_new",
+        chosen="product_id",
+    )
+    is_val = pl.col("period") == "val"
+    assert eps.filter(pl.col("in_val_new") != (is_val & (pl.col("chosen") == "A0"))).height == 0
+    assert eps.filter(pl.col("in_val_sparse") != (is_val & (pl.col("category") == "C"))).height == 0
+    assert eps.filter(is_val & (pl.col("chosen") == "A0")).height > 0  # the check is not vacuous
+    members = val_analogue_membership(eps)
+    count = {s: members.filter(pl.col("split") == s).height for s in ("val_sparse", "val_cold", "val_new")}
+    assert count == {
+        "val_sparse": eps.filter(is_val & (pl.col("category") == "C")).height,
+        "val_cold": eps.filter(is_val & (pl.col("category") == "B")).height,
+        "val_new": eps.filter(is_val & (pl.col("chosen") == "A0")).height,
+    }
