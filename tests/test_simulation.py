@@ -218,7 +218,7 @@ def test_report_matches_hand_computed_metrics(conn, tmp_path, engine):
     decide.write_decisions(conn, run, "llm_x")
     decide.write_decisions(conn, run, "llm_x")  # a second write replaces, never duplicates
     assert conn.execute("select count(*) from retail_decisions").fetchall()[0][0] == 12
-    metrics, fits = report.build_report(conn, log=lambda _: None)
+    metrics, fits, _ = report.build_report(conn, log=lambda _: None)
     # no clogit among the baselines: the hybrid has nothing to combine with and reports no rows
     assert [f.n_val_episodes for f in fits] == [0] and set(metrics["sample"]) == {"main"}
     assert set(zip(metrics["method"], metrics["split"], strict=True)) == {
@@ -263,7 +263,7 @@ def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
             "insert into baseline_predictions values ('lgbm', $e, $p, $s, null)",
             {"e": e, "p": p, "s": -score},
         )
-    metrics, fits = report.build_report(conn, log=lambda _: None)
+    metrics, fits, _ = report.build_report(conn, log=lambda _: None)
     assert [(f.method, f.base_method) for f in fits] == [
         ("hybrid_llm_x", "clogit"),
         ("hybrid_lgbm_llm_x", "lgbm"),
@@ -279,7 +279,7 @@ def test_report_fits_a_hybrid_on_lgbm_when_lgbm_is_there(conn, engine):
 
 def test_report_without_decisions_or_baselines(tmp_path):
     conn = duckdb.connect(str(tmp_path / "e.duckdb"))
-    metrics, fits = report.build_report(conn, log=lambda _: None)
+    metrics, fits, _ = report.build_report(conn, log=lambda _: None)
     assert metrics.height == 0 and fits == []
     conn.close()
 
@@ -611,6 +611,9 @@ def test_eval_report_without_variants_has_the_main_sample_hybrids_and_gap_lines(
     with duckdb_resource.get_connection() as conn:
         _q(conn, "insert into baseline_predictions select 'clogit', episode_id, product_id, score, prob "
                  "from baseline_predictions")  # fmt: skip
+        # the bar baseline_report chose on validation: eval_report reads it, never re-chooses
+        _q(conn, "create table baseline_best_classic as select 'test_all' as split, 'clogit' as method, "
+                 "'val' as chosen_on, 10 as chosen_on_n, 0.5 as chosen_on_value")  # fmt: skip
         run = decide.run_decisions(conn, LabelEngine(), spec.settings, spec.method, "r0", log=lambda _: None)
         decide.write_decisions(conn, run, spec.method)
     result = dg.materialize(
@@ -625,9 +628,15 @@ def test_eval_report_without_variants_has_the_main_sample_hybrids_and_gap_lines(
     md = meta["metrics"].value
     assert "variants sample" not in md and "### main sample" in md
     assert f"- test_all (n=4): best LLM {spec.method}" in md and "best hybrid hybrid_" in md
+    assert f"| {spec.method} | test_all | 4 |" in md and "| clogit (val) |" in md
+    assert f"vs_best_classic/{spec.method}/test_all" in meta
     with duckdb_resource.get_connection() as conn:
         samples = conn.execute("select distinct sample from eval_metrics").fetchall()
+        gaps = conn.sql("select * from eval_vs_best_classic").pl()
     assert samples == [("main",)]
+    assert set(gaps["split"]) == {"test_all"} and set(gaps["bar_method"]) == {"clogit"}
+    assert gaps.filter(method=spec.method)["n_episodes"].to_list() == [4]
+    assert set(gaps["method"]) == {spec.method, f"hybrid_{spec.method}"}  # the hybrid: paired on test too
 
 
 def test_asset_with_a_spent_time_budget_writes_nothing_and_says_so(
@@ -668,7 +677,7 @@ def test_sample_mode_counts_every_answer_and_reports_stability(conn, engine):
     decide.write_decisions(conn, run, "llm_s")
     decide.write_decisions(conn, run, "llm_s")  # replaced, never duplicated
     assert conn.execute("select sum(n) from retail_decision_samples").fetchall()[0][0] == 48
-    metrics, _ = report.build_report(conn, log=lambda _: None)
+    metrics, _, _ = report.build_report(conn, log=lambda _: None)
     row = metrics.filter(method="llm_s", split="test_all").row(0, named=True)
     assert 0.0 <= row["top1_agreement"] <= 1.0
     # the tiny random model rarely answers with a bare label: with no parseable answer there are no shares

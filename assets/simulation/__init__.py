@@ -200,12 +200,14 @@ def eval_report(
     each method's rows come from."""
     out_dir = data_dir() / "simulation" / context.run.run_id
     with duckdb.get_connection() as conn:
-        metrics, fits = report.build_report(conn, config.methods or None, log=context.log.info)
-        report.write_report(conn, metrics)
+        metrics, fits, gaps = report.build_report(conn, config.methods or None, log=context.log.info)
+        report.write_report(conn, metrics, gaps)
         plot = report.plot_hit1(metrics, out_dir / "eval_hit1.png")
         csv = out_dir / "eval_metrics.csv"
         metrics.write_csv(csv)
-        md = report.report_markdown(metrics, fits)
+        gaps_csv = out_dir / "eval_vs_best_classic.csv"
+        gaps.write_csv(gaps_csv)
+        md = report.report_markdown(metrics, fits, gaps)
         context.log.info("eval_report:\n" + md)
         meta = {
             **table_metadata(metrics),
@@ -218,13 +220,20 @@ def eval_report(
                 for k, v in report.headline_metrics(metrics.filter(pl.col("sample") == "variants")).items()
             },
             **{k: v for fit in fits for k, v in fit.as_metadata().items()},
+            # the protocol's bar: the paired difference against each split's best classic (chosen on val)
+            **{
+                f"vs_best_classic/{r['method']}/{r['split']}": dg.MetadataValue.float(r["diff"])
+                for r in gaps.iter_rows(named=True)
+            },
             # lineage: the retail_decisions run behind each LLM row (its metadata names model and adapter)
             **{
                 f"source_run.{method}": dg.MetadataValue.text(runs)
                 for method, runs in report.decision_sources(conn).items()
             },
         }
-        meta |= log_asset_run(mlflow, context, conn, meta, params=config.model_dump(), artifacts=[plot, csv])
+        meta |= log_asset_run(
+            mlflow, context, conn, meta, params=config.model_dump(), artifacts=[plot, csv, gaps_csv]
+        )
     return dg.MaterializeResult(metadata=meta)
 
 
