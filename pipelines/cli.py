@@ -127,15 +127,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def select_assets(job, select: str) -> tuple[list, set[str]]:
     """The asset keys and op names of a Dagster selection string (e.g. 'retail_decisions+',
-    '+lora_adapter', '*baseline_report') within a job, with the other assets of any multi-asset it touches:
-    a bad string or an unknown asset is a UsageError."""
+    '+lora_adapter', '*baseline_report', or several joined by commas as `dagster asset materialize --select`
+    takes them: 'sft_prompt_dataset,lora_adapter') within a job, with the other assets of any multi-asset it
+    touches: a bad string or an unknown asset is a UsageError."""
     import dagster as dg
 
     graph = job.asset_layer.asset_graph
     try:
+        parts = [p.strip() for p in select.split(",")] if "," in select else [select]
+        if not all(parts):
+            raise ValueError("an empty name between commas")
+        selection = dg.AssetSelection.from_string(parts[0])
+        for part in parts[1:]:
+            selection = selection | dg.AssetSelection.from_string(part)
         # a multi-asset that cannot be subset (ingest: raw_transactions, products, customers, quarantined_rows)
         # runs whole: the selection takes its other assets along rather than failing in Dagster
-        keys = dg.AssetSelection.from_string(select).required_multi_asset_neighbors().resolve(graph)
+        keys = selection.required_multi_asset_neighbors().resolve(graph)
     except Exception as e:  # DagsterInvalidAssetSelectionError, DagsterInvalidSubsetError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UsageError(
@@ -172,14 +179,14 @@ def check_run_config(run_config: dict) -> None:
     from assets.simulation import plan as S
 
     try:
-        full = RetailDecisionsConfig(**cfg).model_dump()
+        config = RetailDecisionsConfig(**cfg)
     except ValidationError as e:
         err = e.errors()[0]
         raise UsageError(
             f"retail_decisions.{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (see --config)"
         ) from None
-    S.plan_decision_runs(full)
-    S.quantity_model("", full["quantity_source"])
+    S.plan_decision_runs(config)
+    S.quantity_model("", config.quantity_source)
 
 
 # --------------------------------------------------------------------------- ingest

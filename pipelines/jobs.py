@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-STAGES = ["ingest", "features", "prompts", "alignment", "simulation", "evaluation", "synthetic"]  # the Dagster groups
+# the Dagster groups
+STAGES = ["ingest", "features", "prompts", "alignment", "simulation", "evaluation", "synthetic"]
 # The LLM stages (also runnable alone as agents_job on top of the other stages' tables).
 LLM_STAGES = ["alignment", "simulation"]
 

@@ -78,7 +78,7 @@ def tiny_test_model(out_dir: str | Path, seed: int = TINY_SEED) -> Path:
     return out
 
 
-# The shape of the project's adapters (assets/alignment/logic.py: LoraTrainSettings and LLAMA_PROJECTIONS),
+# The shape of the project's adapters (assets/alignment/train.py: LoraTrainSettings and LLAMA_PROJECTIONS),
 # repeated here so this module stays free of the alignment stage's imports (polars, trl).
 ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -66,9 +66,14 @@ def test_select_resolves_assets_and_their_ops(data_dir):
     assert {k.to_user_string() for k in keys} == ops
     _, ops = select_assets(job, "retail_decisions+")
     assert ops == {"retail_decisions", "eval_report"}
+    # several names joined by commas, as `dagster asset materialize --select` takes them
+    _, ops = select_assets(job, "sft_prompt_dataset, lora_adapter")
+    assert ops == {"sft_prompt_dataset", "lora_adapter"}
 
 
-@pytest.mark.parametrize("select", ["no_such_asset", "((", "synthetic_market"])
+@pytest.mark.parametrize(
+    "select", ["no_such_asset", "((", "synthetic_market", "lora_adapter,", "a,lora_adapter"]
+)
 def test_bad_select_is_one_line_error(data_dir, capsys, select):
     code = main(["run", "--select", select])
     err = capsys.readouterr().err.strip()
@@ -225,14 +230,21 @@ def test_ingest_dir_with_the_mapping_beside_it_loads_the_dir(data_dir):
     (empty / "notes.csv").write_text("a\n1\n", encoding="utf-8")
     out = _run(["--warehouse", str(wh), "ingest", str(empty), "--mapping", str(mapping)], data_dir)
     last = out.stderr.strip().splitlines()[-1]  # after the warning naming notes.csv
-    assert out.returncode != 0 and last.startswith("malles: error: no file under") and "matches the globs" in last
+    assert (
+        out.returncode != 0
+        and last.startswith("malles: error: no file under")
+        and "matches the globs" in last
+    )
 
 
 def test_ingest_waits_a_bounded_time_for_the_lock_then_names_the_holder(data_dir):
     wh = data_dir / "locked.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); "
-         "time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(60)",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -70,23 +70,24 @@ def test_packed_softmax_training_on_cuda(tiny, tmp_path):
     import torch
     from transformers import AutoTokenizer
 
-    from assets.alignment import logic as L
+    from assets.alignment import data as D
+    from assets.alignment import train as T
 
     rows = episode_rows(16)
     tok = AutoTokenizer.from_pretrained(str(tiny))
     longest = max(len(ids) for ids in tok(rows["prompt"].to_list(), add_special_tokens=False)["input_ids"])
-    cfg = L.LoraTrainSettings(
+    cfg = T.LoraTrainSettings(
         **{**FAST, "loss": "softmax", "learning_rate": 1e-3, "pack_prefix": True, "max_length": longest},
         max_steps=60,
         epochs=50.0,
     )
-    result = L.train_lora(tiny, rows, rows, cfg, tmp_path / "a")
+    result = T.train_lora(tiny, rows, rows, cfg, tmp_path / "a")
     assert result.device == "cuda" and result.bf16 == bool(torch.cuda.is_bf16_supported())
     print(f"cuda training: {result.examples_per_sec:.1f} answers/s, eval loss {result.eval_loss_before:.3f}"
           f" -> {result.eval_loss:.3f}")  # fmt: skip
     assert result.eval_loss < 0.6 * result.eval_loss_before
 
-    items = [L.split_prompt(p) for p in rows["prompt"].to_list()]
+    items = [D.split_prompt(p) for p in rows["prompt"].to_list()]
     by_ep = [(items[i][0], [items[j][1] for j in range(i, i + 4)]) for i in range(0, len(items), 4)]
     cpu, gpu = _engines(tiny, adapter=str(tmp_path / "a"))
     on_cpu = cpu.score_many(by_ep, progress=False)

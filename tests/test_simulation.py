@@ -5,6 +5,7 @@ import dataclasses
 import math
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import duckdb
@@ -526,10 +527,9 @@ def test_plan_without_the_primary_decides_only_the_variants():
     assert len(plan.plan_decision_runs(RetailDecisionsConfig(variants=["aligned_utility_no_style"]))) == 2
     with pytest.raises(ValueError, match="nothing to decide"):
         plan.plan_decision_runs(RetailDecisionsConfig(primary=False, variants=[]))
-    # the cli checks a model_dump(): the same plan; a mapping is never filled in with defaults of its own
-    assert plan.plan_decision_runs(only.model_dump()) == runs
+    # a plain object lacking a field is an error, never filled in with defaults of plan.py's own
     with pytest.raises(AttributeError):
-        plan.plan_decision_runs({"primary": False, "variants": ["aligned_utility_no_style"]})
+        plan.plan_decision_runs(SimpleNamespace(primary=False, variants=["aligned_utility_no_style"]))
 
 
 class LabelEngine:

@@ -13,6 +13,7 @@ TRUTH_FOLDER = "truth"  # the synthetic market keeps its ground truth apart ther
 
 log_default = logging.getLogger("malles.ingest")
 
+
 def mapping_paths(
     mapping: Mapping, paths: Iterable[str | Path] | dict | None = None, log=None
 ) -> list[tuple[str, Path]]:
@@ -46,8 +47,6 @@ def mapping_paths(
     return [(t, p) for t in TABLES for p in sorted(by_table[t])]
 
 
-
-
 def landing_mappings(landing_dir: str | Path) -> list[Path]:
     """Every mapping.yaml (or .yml) in the subfolders of a landing folder, sorted."""
     root = Path(landing_dir)
@@ -55,5 +54,3 @@ def landing_mappings(landing_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in root.rglob("mapping.y*ml") if p.name in {"mapping.yaml", "mapping.yml"}]
     return sorted(p for p in found if TRUTH_FOLDER not in p.relative_to(root).parts)
-
-

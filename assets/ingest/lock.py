@@ -11,7 +11,9 @@ import re
 import time
 from pathlib import Path
 
-_HOLDER = re.compile(r"lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>\S+?))?[.\s]")
+_HOLDER = re.compile(
+    r"lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)(?: by user (?P<user>\S+?))?[.\s]"
+)
 
 
 class WarehouseLocked(RuntimeError):
@@ -49,6 +51,8 @@ def connect_warehouse(path: str | Path, wait_s: float = 30.0, log=None, poll_s: 
                     f"stop it, or pass --warehouse for another file"
                 ) from None
             if not said:
-                log.warning(f"waiting up to {wait_s:g} s for the lock on the warehouse {path}, held by {holder}")
+                log.warning(
+                    f"waiting up to {wait_s:g} s for the lock on the warehouse {path}, held by {holder}"
+                )
                 said = True
             time.sleep(poll_s)

@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 from resources.paths import PROJECT_ROOT
+from resources.warehouse import quote_ident
 
 MAPPINGS_DIR = PROJECT_ROOT / "mappings"
 TABLES = ("products", "customers", "transactions")  # load order: products and customers before transactions
@@ -71,7 +72,8 @@ CANONICAL: dict[str, dict[str, tuple[bool, Any]]] = {
         "product_id": (True, None),
         "quantity": (True, None),
         "unit_price": (True, None),
-        "list_price": (False, None),  # NULL -> unit_price (docs/evaluation-protocol.md: equal to unit_price where unknown)
+        # NULL -> unit_price (docs/evaluation-protocol.md: equal to unit_price where unknown)
+        "list_price": (False, None),
         "channel": (False, "retail"),
     },
     "products": {
@@ -506,11 +508,6 @@ def _parse_attributes(table: str, v: Any, fail) -> AttributesSpec | None:
     raise fail(
         f'{table}.attributes must be a list of source columns, "*", or {{column|expr: ..., include: [...]}}'
     )
-
-
-def quote_ident(name: str) -> str:
-    """A DuckDB identifier: "name" with inner quotes doubled."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def quote_text(text: str) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from assets.ingest import statements as sq
-from assets.ingest.mapping import Mapping, TableMapping, quote_ident, render_attributes, render_spec
+from assets.ingest.mapping import Mapping, TableMapping, render_attributes, render_spec
 from resources.sql import load_sql
+from resources.warehouse import quote_ident
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
@@ -76,7 +77,8 @@ def stage(conn, mapping: Mapping, path: Path, log) -> Staged | None:
     suffix = path.suffix.lower()
     if suffix not in PARQUET_SUFFIXES | CSV_SUFFIXES:
         raise FileRejected(
-            "unreadable_file", f"{path.name}: unsupported file type {suffix or '(none)'}; use .csv or .parquet"
+            "unreadable_file",
+            f"{path.name}: unsupported file type {suffix or '(none)'}; use .csv or .parquet",
         )
     try:
         if suffix in PARQUET_SUFFIXES:
@@ -122,7 +124,9 @@ def _stage_csv(conn, mapping: Mapping, path: Path, log) -> Staged | None:
         log.warning(f"{path}: no header line: no rows")
         return None
     if mixed:
-        log.warning(f"{path.name}: the header line ends in CRLF, the rows in LF; read with the rows' line ends")
+        log.warning(
+            f"{path.name}: the header line ends in CRLF, the rows in LF; read with the rows' line ends"
+        )
     params = {
         "path": str(path),
         "columns": {c: "VARCHAR" for c in header},

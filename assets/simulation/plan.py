@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -105,15 +103,12 @@ class PlannedRun:
         return method_name(self.settings.form, self.aligned, *self.ablation)
 
 
-def plan_decision_runs(config: RetailDecisionsConfig | Mapping[str, Any]) -> list[PlannedRun]:
+def plan_decision_runs(config: RetailDecisionsConfig) -> list[PlannedRun]:
     """The primary method (config's form, use_adapter, switches; N per split of its periods), then each of
     config.variants on variant_n episodes of variant_splits. With config.primary false only the variants
-    run (the primary's rows stay as they are). Bad names are one-line errors before any model is loaded.
-
-    `config` is the asset's RetailDecisionsConfig; a mapping is read as that config's complete model_dump()
-    (pipelines/cli.py checks one so), never filled in: a missing field is an error."""
-    if isinstance(config, Mapping):
-        config = SimpleNamespace(**config)
+    run (the primary's rows stay as they are). Bad names are one-line errors before any model is loaded
+    (pipelines/cli.py calls it so). Every field is read off `config`, the asset's RetailDecisionsConfig; none
+    has a default here: a missing field is an error."""
     primary = decision_settings(config)
     if primary.form not in FORMS:
         raise ValueError(f"form {primary.form!r}: use one of {FORMS}")

@@ -1,9 +1,9 @@
 """Load MALLES's plain-function modules on a machine without the Dagster stack (a lent GPU machine).
 
 Every stage package's `__init__.py` defines Dagster assets; the logic lives in plain modules beside it
-(`assets/alignment/logic.py`, `assets/prompts/templates.py`, ...). Where `dagster` cannot be imported, this
+(`assets/alignment/train.py`, `assets/prompts/templates.py`, ...). Where `dagster` cannot be imported, this
 module registers `assets` and its stage packages as bare namespace packages, so `from assets.alignment import
-logic` runs logic.py and not the package's `__init__`. Where dagster is installed it does nothing.
+train` runs train.py and not the package's `__init__`. Where dagster is installed it does nothing.
 
 Use it as a pytest plugin (`python -m pytest -p benchmarks.device.no_dagster ...`) or import it first in a
 script (benchmarks/device/run.sh does both).
@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("alignment", "evaluation", "features", "ingest", "prompts", "simulation")
+STAGES = ("alignment", "evaluation", "features", "ingest", "prompts", "simulation", "synthetic")
 
 
 def install() -> bool:
