@@ -17,7 +17,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.synthetic.generator import SynthConfig, generate_market, load_truth, oracle_hit1
+from assets.synthetic.generator import SynthConfig, generate_market
+from assets.synthetic.truth import load_truth, oracle_hit1
 
 N_CUSTOMERS = 800
 SEED = 0

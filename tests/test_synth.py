@@ -9,15 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.synthetic.generator import (
-    SynthConfig,
-    generate_market,
-    load_truth,
-    main_synth,
-    oracle_hit1,
-    true_choice_probs,
-    wholesale_order_qty,
-)
+from assets.synthetic.generator import SynthConfig, generate_market, main_synth
+from assets.synthetic.truth import load_truth, oracle_hit1, true_choice_probs
+from assets.synthetic.wholesale import wholesale_order_qty
 
 CANONICAL_TX = {
     "txn_id": pl.Utf8,

@@ -1,8 +1,11 @@
 """Synthetic stage: the `synthetic_market` asset, canonical files of a market with known ground truth.
 
-Thin Dagster wiring; the generator is plain logic in `assets/synthetic/generator.py`. Not a dependency of
-raw_transactions: it only writes files (landing/synthetic by default), which the ingest assets pick up
-through the built-in `canonical` mapping like any other drop.
+Thin Dagster wiring; the generator is plain logic in `assets/synthetic/generator.py` (knobs, retail
+simulation, assembly and writing), with the catalogue, customers and price calendar in `catalogue.py`, the
+wholesale ordering rule and its simulation in `wholesale.py` and the ground-truth readers (load_truth,
+true_choice_probs, oracle_hit1) in `truth.py`. Not a dependency of raw_transactions: it only writes files
+(landing/synthetic by default), which the ingest assets pick up through the built-in `canonical` mapping
+like any other drop.
 """
 
 import dataclasses
