@@ -67,6 +67,18 @@ def _check_offsets(group_offsets: np.ndarray, n_rows: int) -> np.ndarray:
     return offsets
 
 
+def _group_max(u: np.ndarray, group_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts of the non-empty groups, each row's group index among them, each group's finite max or 0) of
+    non-empty utilities `u`: the shared preamble of the stable group softmax and log-softmax."""
+    offsets = _check_offsets(group_offsets, u.size)
+    sizes = np.diff(offsets)
+    nonempty = sizes > 0
+    starts = offsets[:-1][nonempty]
+    gidx = np.repeat(np.arange(starts.size), sizes[nonempty])
+    m = np.maximum.reduceat(u, starts)
+    return starts, gidx, np.where(np.isfinite(m), m, 0.0)
+
+
 def group_softmax(utilities: np.ndarray, group_offsets: np.ndarray) -> np.ndarray:
     """Softmax of `utilities` within each group (numerically stable: the group max is subtracted).
 
@@ -74,15 +86,10 @@ def group_softmax(utilities: np.ndarray, group_offsets: np.ndarray) -> np.ndarra
     distribution; NaN utilities propagate as NaN.
     """
     u = np.asarray(utilities, dtype=np.float64)
-    offsets = _check_offsets(group_offsets, u.size)
     if u.size == 0:
+        _check_offsets(group_offsets, u.size)
         return u.copy()
-    sizes = np.diff(offsets)
-    nonempty = sizes > 0
-    starts = offsets[:-1][nonempty]
-    gidx = np.repeat(np.arange(starts.size), sizes[nonempty])
-    m = np.maximum.reduceat(u, starts)
-    m = np.where(np.isfinite(m), m, 0.0)
+    starts, gidx, m = _group_max(u, group_offsets)
     shifted = u - m[gidx]
     all_neg_inf = np.maximum.reduceat(u, starts) == -np.inf
     e = np.exp(shifted)
@@ -94,15 +101,10 @@ def group_softmax(utilities: np.ndarray, group_offsets: np.ndarray) -> np.ndarra
 def group_log_softmax(utilities: np.ndarray, group_offsets: np.ndarray) -> np.ndarray:
     """log of group_softmax, computed stably (u - group logsumexp)."""
     u = np.asarray(utilities, dtype=np.float64)
-    offsets = _check_offsets(group_offsets, u.size)
     if u.size == 0:
+        _check_offsets(group_offsets, u.size)
         return u.copy()
-    sizes = np.diff(offsets)
-    nonempty = sizes > 0
-    starts = offsets[:-1][nonempty]
-    gidx = np.repeat(np.arange(starts.size), sizes[nonempty])
-    m = np.maximum.reduceat(u, starts)
-    m = np.where(np.isfinite(m), m, 0.0)
+    starts, gidx, m = _group_max(u, group_offsets)
     lse = m + np.log(np.add.reduceat(np.exp(u - m[gidx]), starts))
     return u - lse[gidx]
 

@@ -409,7 +409,18 @@ def utility_suffix(
     include_signals: bool = True,
 ) -> str:
     """One option and the yes/no question, ending with the assistant turn start."""
-    text = f"{option_line(option, customer, include_signals, include_style)}\n{QUESTION_UTILITY}"
+    return _option_question(option, customer, QUESTION_UTILITY, include_style, include_signals)
+
+
+def _option_question(
+    option: OptionContext,
+    customer: CustomerContext,
+    question: str,
+    include_style: bool,
+    include_signals: bool,
+) -> str:
+    """The user turn with one option's line and `question`, then the assistant turn start."""
+    text = f"{option_line(option, customer, include_signals, include_style)}\n{question}"
     return turn("user", text) + ASSISTANT_START
 
 
@@ -434,8 +445,7 @@ def quantity_suffix(
     include_signals: bool = True,
 ) -> str:
     """The chosen option and the quantity question (answer "1".."9"); shares the utility prefix."""
-    text = f"{option_line(option, customer, include_signals, include_style)}\n{QUESTION_QUANTITY}"
-    return turn("user", text) + ASSISTANT_START
+    return _option_question(option, customer, QUESTION_QUANTITY, include_style, include_signals)
 
 
 def quantity_prompt(
