@@ -104,6 +104,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     for override in args.config or []:
         _apply_override(run_config, override)
     check_run_config(run_config)
+    warehouse = Path(os.environ.get("MALLES_DUCKDB_PATH") or data / "malles.duckdb")
+    if warehouse.exists():  # another run or ingest holds it: wait a bounded time, then one line, nothing run
+        from assets.ingest.lock import WarehouseLocked, connect_warehouse
+
+        try:
+            connect_warehouse(warehouse, wait_s=args.lock_wait).close()
+        except WarehouseLocked as e:
+            print(f"malles: error: {e}", file=sys.stderr)
+            return 1
     console.print(f"[bold]malles run[/bold]: job {args.job}, profile {args.profile}, source {args.source}")
     if asset_keys is not None:
         console.print(f"  assets     {', '.join(sorted(op_names))}")
@@ -323,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
         "re-runs the agents and the report, '+lora_adapter' the prompts and training)",
     )
     r.add_argument("--config", action="append", metavar="OP.FIELD=VALUE", help="override one config field")
+    r.add_argument(
+        "--lock-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait while another process holds the warehouse before anything runs (default 30)",
+    )
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("ingest", help="load CSV/Parquet files into the warehouse through a source mapping")

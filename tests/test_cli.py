@@ -237,6 +237,34 @@ def test_ingest_dir_with_the_mapping_beside_it_loads_the_dir(data_dir):
     )
 
 
+def _hold_lock(wh: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "ok"
+    return holder
+
+
+def test_run_on_a_locked_warehouse_is_one_line_before_anything_runs(data_dir):
+    wh = data_dir / "malles.duckdb"
+    duckdb.connect(str(wh)).close()
+    holder = _hold_lock(wh)
+    try:
+        out = _run(["run", "--job", "features_job", "--lock-wait", "1"], data_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1 and "RUN_START" not in out.stdout + out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("malles: error:") and f"PID {holder.pid}" in last
+
+
 def test_ingest_waits_a_bounded_time_for_the_lock_then_names_the_holder(data_dir):
     wh = data_dir / "locked.duckdb"
     holder = subprocess.Popen(
