@@ -99,6 +99,11 @@ def build_decision_episodes(
     return timings
 
 
+# The option_features steps read the episodes and options staged as the temp views feature_source_episodes
+# and feature_source_options (FEATURE_SOURCE_STEPS stage decision_episodes and episode_options there) and
+# leave the temp view feature_rows; the market simulation (assets/market/occasions.py) stages its occasions
+# and consideration sets under the same names and runs the same FEATURE_STEPS, so both share one definition.
+FEATURE_SOURCE_STEPS = ("create_feature_source_episodes", "create_feature_source_options")
 FEATURE_STEPS = (
     "create_feature_keys",
     "create_keyed_purchases",
@@ -108,8 +113,9 @@ FEATURE_STEPS = (
     "create_customer_category_days",
     "create_feature_episodes",
     "create_feature_options",
-    "option_features",
+    "create_feature_rows",
 )
+FEATURE_TEMP_VIEWS = ("feature_rows", "feature_source_options", "feature_source_episodes")
 FEATURE_TEMP_TABLES = (
     "feature_keys",
     "keyed_purchases",
@@ -122,14 +128,29 @@ FEATURE_TEMP_TABLES = (
 )
 
 
+def run_feature_steps(conn, history_days: int = 28) -> dict[str, float]:
+    """FEATURE_STEPS on the staged feature_source_episodes / feature_source_options: leaves the temp view
+    feature_rows (one row per staged option, the columns of option_features). Returns seconds per step."""
+    params = {"history_days": int(history_days)}
+    return {step: run_sql(conn, step, params) for step in FEATURE_STEPS}
+
+
+def drop_feature_temps(conn) -> None:
+    """Drop the temp views and tables of the feature steps (views first: they read the tables)."""
+    for name in FEATURE_TEMP_VIEWS:
+        conn.execute(f"drop view if exists temp.{name}")
+    drop_temp(conn, FEATURE_TEMP_TABLES)
+
+
 def build_option_features(conn, history_days: int = 28) -> dict[str, float]:
     """option_features from episode_options, decision_episodes, episode_purchases and products.
 
-    Returns the seconds each step took.
+    Returns the seconds each step took (feature_rows is a view: its work is timed under option_features).
     """
-    params = {"history_days": int(history_days)}
-    timings = {step: run_sql(conn, step, params) for step in FEATURE_STEPS}
-    drop_temp(conn, FEATURE_TEMP_TABLES)
+    timings = {step: run_sql(conn, step) for step in FEATURE_SOURCE_STEPS}
+    timings |= run_feature_steps(conn, history_days)
+    timings["option_features"] = run_sql(conn, "option_features")
+    drop_feature_temps(conn)
     return timings
 
 

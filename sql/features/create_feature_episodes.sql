@@ -1,5 +1,6 @@
--- Temp table feature_episodes: decision episodes with integer keys (eidx, cidx, catidx), the day before
--- d, the choice set's mean option price, and the customer's category history before d.
+-- Temp table feature_episodes: the staged episodes (feature_source_episodes) with integer keys (eidx, cidx,
+-- catidx), the day before d, the first day before the history window (d - $history_days - 1), the choice
+-- set's mean option price, and the customer's category history before d.
 create or replace temp table feature_episodes as
 with keyed as (
     select
@@ -8,13 +9,14 @@ with keyed as (
         c.cidx,
         k.catidx,
         e.day,
-        e.day - 1 as day_before
-    from decision_episodes as e
+        e.day - 1 as day_before,
+        e.day - ($history_days::integer + 1) as day_before_window
+    from feature_source_episodes as e
     join (select distinct customer_id, cidx from keyed_purchases) as c on c.customer_id = e.customer_id
-    join feature_keys as k on k.product_id = e.chosen_product_id
+    join (select distinct category, catidx from feature_keys) as k on k.category = e.category
 ),
 set_means as (
-    select episode_id, avg(price) as mean_price from episode_options group by episode_id
+    select episode_id, avg(price) as mean_price from feature_source_options group by episode_id
 )
 select
     d.*,
