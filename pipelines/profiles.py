@@ -1,7 +1,7 @@
 """Run profiles of main_job: the asset configs' defaults are the quick profile; `full` overrides them.
 
-quick (default): the whole pipeline with post-training and simulation in at most 25 minutes on a 2-core CPU:
-  4,000 train episodes of prompts, 200 LoRA steps (~7 min on a quiet machine; the step count decides, the
+quick (default): the whole pipeline with post-training and simulation in about 30 minutes on a quiet 2-core CPU:
+  4,000 train episodes of prompts, 350 LoRA steps (~12 min on a quiet machine; the step count decides, the
   120-minute cap is for safety only), N = 80 episodes per split for the aligned
   agent (val feeds the calibrated hybrid), and no variant rows (on 16 episodes a hit@1's standard error is
   about 0.12: minutes that say nothing; name them with `--config retail_decisions.variants=[...]`).

@@ -454,7 +454,7 @@ def test_settings_have_one_source_of_defaults():
     assert {f.name for f in fields} <= set(LoraAdapterConfig.model_fields)
     assert set(FAST) | {"max_steps", "epochs"} == {f.name for f in fields}  # the fixtures name every field
     s = train.settings_of(LoraAdapterConfig())
-    assert (s.loss, s.pack_prefix, s.max_steps, s.max_minutes) == ("softmax", True, 200, 120.0)
+    assert (s.loss, s.pack_prefix, s.max_steps, s.max_minutes) == ("softmax", True, 350, 120.0)
     assert s.target_modules == train.LLAMA_PROJECTIONS and not s.decay_by_time
     with pytest.raises(AttributeError):
         train.settings_of(object())  # no field falls back on a default of its own
