@@ -15,7 +15,7 @@ from pipelines.env import set_offline_env
 
 set_offline_env()
 
-from assets import alignment, evaluation, features, ingest, prompts, simulation, synthetic  # noqa: E402
+from assets import alignment, evaluation, features, ingest, market, prompts, simulation, synthetic  # noqa: E402
 from assets._metadata import code_version  # noqa: E402
 from pipelines.jobs import JOBS  # noqa: E402
 from pipelines.schedules import SCHEDULES  # noqa: E402
@@ -24,7 +24,7 @@ from resources.duckdb import warehouse  # noqa: E402
 from resources.llm import LLMResource  # noqa: E402
 from resources.mlflow import MlflowResource  # noqa: E402
 
-STAGE_MODULES = [ingest, synthetic, features, prompts, alignment, simulation, evaluation]
+STAGE_MODULES = [ingest, synthetic, features, prompts, alignment, simulation, evaluation, market]
 
 
 def _mlflow() -> MlflowResource:

@@ -1,9 +1,95 @@
 """The market over time (issue: the market simulation): occasions of a period replayed as a population, each
 deciding among a consideration set plus an outside option "other", scored at the market level
-(docs/evaluation-protocol.md, "Market-level evaluation").
+(docs/evaluation-protocol.md, "Market-level evaluation"). The asset market_simulation runs it.
 
-Modules (plain functions, no dagster import; the assets come with the simulation itself):
+Modules (plain functions, no dagster import; this file holds the thin asset only):
 - occasions.py: the occasions of a period and their consideration sets with option features;
+- engine.py: the one decision interface (ChoiceEngine.decide) every engine answers;
+- classic.py: the classic engines (clogit, clogit6, lgbm) and persistence;
+- meanfield.py: the mean field (the market's signals recomputed from the simulated state, to a fixed point);
 - metrics.py: the market-level metrics (share_jsd_cw, units_wape_pw, coverage, persistence, residuals,
-  share_cv_cw, expected calibration error, elasticities and diversion ratios).
+  share_cv_cw, expected calibration error, elasticities and diversion ratios);
+- run.py: the engine registry (ENGINES, build_engines), simulate_market, the result tables and the report.
 """
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from assets._metadata import artifact_metadata, log_asset_run, table_metadata
+from assets.market import run
+from resources.mlflow import MlflowResource
+from resources.paths import data_dir
+
+
+class MarketSimulationConfig(dg.Config):
+    period: str = "test"  # the simulated period: 'train', 'val' or 'test' (episode_splits)
+    categories: int = 5  # the N categories with the most actual units in the period; 0 = all
+    category_ids: list[str] = []  # exactly these categories instead (overrides `categories` when non-empty)
+    weeks: int = 8  # the period's first N ISO weeks (the test period is 8 weeks); 0 = all
+    customers: int = 0  # a seeded sample of N customers (md5 of seed|customer_id); 0 = all
+    customer_ids: list[str] = []  # exactly these customers instead (overrides `customers` when non-empty)
+    m_options: int = 20  # M: own products, then the 28-day best sellers, up to M per occasion (protocol)
+    # names of run.ENGINES; each runs with and without the mean field (persistence, the control: once)
+    engines: list[str] = ["clogit", "clogit6", "lgbm", "persistence"]
+    # Mean field. Every signal of day d reads days < d only (causal in time), so the undamped iteration is
+    # exact after at most D + 1 passes (D = the occasion days: 56 in an 8-week period, hence max_iter 60);
+    # damping only slows it (alpha 0.5 needs more than twice as many passes: meanfield.py's docstring).
+    alpha: float = 1.0  # m_k+1 = (1 - alpha) m_k + alpha F(m_k); 1 = undamped
+    epsilon: float = 1e-3  # converged when the residual (units and purchases) is below this
+    max_iter: int = 60  # passes at most (D + 1 = 57 for 8 weeks)
+    own_history: bool = False  # also recompute the customer's own-history columns (signals about 8x slower)
+    seed: int = 0  # the customer sample's seed and the baseline models' seed (as baseline_report's)
+
+
+@dg.asset(
+    group_name="market",
+    kinds={"duckdb", "python", "mlflow"},
+    deps=["option_features", "episode_splits", "baseline_report"],
+)
+def market_simulation(
+    context: dg.AssetExecutionContext,
+    config: MarketSimulationConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """The market simulation of a period (docs/evaluation-protocol.md "Market-level evaluation"): occasions and
+    consideration sets (tables market_occasions, market_options), each engine run with and without the mean
+    field and scored on share_jsd_cw / units_wape_pw against the actual units next to persistence (tables
+    market_metrics, market_units, market_residuals), a metrics plot, a residual plot and an MLflow run."""
+    settings = run.MarketSettings(**config.model_dump())
+    out_dir = data_dir() / "market" / context.run.run_id
+    with duckdb.get_connection() as conn:
+        result = run.simulate_market(conn, settings, log=context.log.info)
+        run.write_market_tables(conn, result)
+        plots = run.plot_report(result, out_dir)
+        csvs = [out_dir / "market_metrics.csv", out_dir / "market_cells.csv"]
+        result.metrics.write_csv(csvs[0])
+        result.cells.write_csv(csvs[1])
+        md = run.metrics_markdown(result.metrics)
+        context.log.info("market_simulation:\n" + md)
+        meta = {
+            **table_metadata(result.metrics),
+            "metrics": dg.MetadataValue.md(md),
+            **{k: dg.MetadataValue.path(str(p)) for k, p in plots.items()},
+            **{f"plot_{k}": v for k, v in artifact_metadata(plots["plot"]).items() if k != "path"},
+            **run.headline_metrics(result.metrics),
+            "occasions": result.summary["occasions"],
+            "coverage": float(result.summary["coverage"]),
+            **{f"seconds/{k}": float(v) for k, v in result.timings.items() if not k.startswith("run:")},
+        }
+        if result.results:  # docs/conventions.md section 7, for the engine of the residual plot
+            name, res = next(iter(result.results.items()))
+            meta |= {"residual_engine": dg.MetadataValue.text(name), "iterations": res.iterations}
+            meta |= {
+                "converged": res.converged,
+                "final_residual": float((res.residuals or [float("nan")])[-1]),
+            }
+        meta |= log_asset_run(
+            mlflow, context, conn, meta, params=config.model_dump(), artifacts=[*plots.values(), *csvs]
+        )
+    return dg.MaterializeResult(metadata=meta)
+
+
+MARKET_ASSETS = [market_simulation]
+
+__all__ = ["MARKET_ASSETS", "MarketSimulationConfig", "market_simulation"]

@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("alignment", "evaluation", "features", "ingest", "prompts", "simulation", "synthetic")
+STAGES = ("alignment", "evaluation", "features", "ingest", "market", "prompts", "simulation", "synthetic")
 
 
 def install() -> bool:
