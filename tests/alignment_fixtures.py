@@ -86,6 +86,7 @@ FAST = dict(
     decay_by_time=False,
     pack_prefix=False,
     quantity_weight=0.0,
+    save_steps=0,
 )
 
 

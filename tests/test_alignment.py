@@ -2,6 +2,7 @@
 seeded step budget, the time cap), data mixing, the settings' one source of defaults, and the lora_adapter
 asset on a tiny warehouse with a temp MLflow registry."""
 
+import dataclasses
 import math
 from datetime import datetime
 
@@ -513,6 +514,62 @@ def test_same_seed_and_steps_give_the_same_adapter(tiny_model, tmp_path):
     assert wa.keys() == wb.keys()
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
     assert max(float((wa[k] - wc[k]).abs().max()) for k in wa) > 1e-3  # the seed matters
+
+
+def test_a_stopped_training_resumes_from_its_checkpoint_to_the_same_adapter(
+    tiny_model, tmp_path, monkeypatch
+):
+    """A training killed after its step-4 checkpoint goes on from step 4 when run again with the same
+    checkpoint folder, and ends with the adapter of a run that was never stopped (same seed, same steps)."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    rows = episode_rows(16)
+    cfg = settings(
+        loss="softmax", pack_prefix=True, lora_dropout=0.2, seed=3, max_steps=6, epochs=50.0, save_steps=2
+    )
+    whole = train.train_lora(tiny_model, rows, None, cfg, tmp_path / "whole")
+
+    class Killed(RuntimeError):
+        pass
+
+    class KillAfter5(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:  # past the step-4 checkpoint, before the end
+                raise Killed("the machine went down")
+
+    build = train.build_trainer
+
+    def build_with_kill(*a, **kw):
+        trainer, state = build(*a, **kw)
+        trainer.add_callback(KillAfter5())
+        return trainer, state
+
+    ckpt = tmp_path / "ckpt"
+    monkeypatch.setattr(train, "build_trainer", build_with_kill)
+    with pytest.raises(Killed):
+        train.train_lora(tiny_model, rows, None, cfg, tmp_path / "first", checkpoint_dir=ckpt)
+    assert train.latest_checkpoint(ckpt).name == "checkpoint-4"
+    monkeypatch.setattr(train, "build_trainer", build)
+    logs = []
+    resumed = train.train_lora(
+        tiny_model, rows, None, cfg, tmp_path / "second", log=logs.append, checkpoint_dir=ckpt
+    )
+    assert resumed.resumed_from_step == 4 and resumed.steps == 6 and resumed.stopped_by == "steps"
+    assert any("resuming the LoRA training from checkpoint-4" in m for m in logs)
+    assert not ckpt.exists()  # removed once the adapter is saved
+    wa = load_file(str(train.adapter_weights_file(whole.adapter_dir)))
+    wb = load_file(str(train.adapter_weights_file(resumed.adapter_dir)))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+def test_checkpoint_key_changes_with_what_shapes_the_training():
+    cfg = settings(max_steps=6)
+    key = train.checkpoint_key("m", "run1", cfg)
+    assert key == train.checkpoint_key("m", "run1", dataclasses.replace(cfg, max_minutes=99, save_steps=7))
+    assert key != train.checkpoint_key("m", "run2", cfg)
+    assert key != train.checkpoint_key("m", "run1", dataclasses.replace(cfg, learning_rate=1e-3))
+    assert key != train.checkpoint_key("m", "run1", cfg, {"forms": ["listwise"]})
 
 
 def test_the_epochs_end_a_budget_longer_than_the_data(tiny_model, tmp_path):

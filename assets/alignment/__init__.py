@@ -63,6 +63,10 @@ class LoraAdapterConfig(dg.Config):
     quantity_weight: float = 0.0
     decay_by_time: bool = False  # learning rate decays to 0 along a cosine of the time cap (machine-bound)
     seed: int = 0  # seed of the row sample, the LoRA init, the shuffling and the dropout
+    # a resumable checkpoint every this many steps under data/adapters/_checkpoints/<key>/ (key: base model,
+    # prompt dataset and every setting that shapes the training); a materialization that finds one goes on from
+    # it instead of step 0 (a 60-minute training that dies is not started over); 0 = no checkpoints
+    save_steps: int = 50
     registered_model: str = registry.REGISTERED_MODEL  # MLflow model registry name
 
 
@@ -99,8 +103,25 @@ def lora_adapter(
     model_path = str(resolve_model(config.base_model))
     out_dir = data_dir() / "adapters" / context.run.run_id
     settings = train.settings_of(config)
+    key = train.checkpoint_key(
+        model_path,
+        str(files["run_id"]),
+        settings,
+        {
+            "forms": config.forms,
+            "listwise_share": config.listwise_share,
+            "max_train_examples": config.max_train_examples,
+        },
+    )
     result = train.train_lora(
-        model_path, train_rows, evals, settings, out_dir, log=context.log.info, warn=context.log.warning
+        model_path,
+        train_rows,
+        evals,
+        settings,
+        out_dir,
+        log=context.log.info,
+        warn=context.log.warning,
+        checkpoint_dir=data_dir() / "adapters" / "_checkpoints" / key,
     )
     png = train.loss_curve_png(result, out_dir.parent / f"{context.run.run_id}_loss_curve.png")
     tags |= {

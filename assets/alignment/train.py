@@ -68,6 +68,7 @@ class LoraTrainSettings:
     decay_by_time: bool  # learning rate times a cosine of the elapsed share of the time cap
     pack_prefix: bool  # utility form: one sequence per episode, its prefix computed once for its options
     quantity_weight: float  # packed: weight of the quantity answer's cross-entropy added per episode
+    save_steps: int  # with a checkpoint folder: save a resumable checkpoint every this many steps; 0 = none
 
 
 def settings_of(config: Any) -> LoraTrainSettings:
@@ -95,6 +96,7 @@ class TrainResult:
     device: str = "cpu"
     bf16: bool = False
     quantity_episodes: int = 0  # training packs that carry a quantity answer (packed training only)
+    resumed_from_step: int = 0  # the checkpoint's step this run went on from (0: trained from the start)
 
     def metrics(self) -> dict[str, float]:
         """Plain numbers for MLflow and Dagster metadata."""
@@ -216,10 +218,12 @@ def build_trainer(
     work_dir: Path,
     log: Log,
     warn: Log | None = None,
+    checkpointed: bool = False,
 ):
     """The SFTTrainer (peft-wrapped model, pre-tokenized prompt/completion rows with completion masks) and the
     bookkeeping dict its time-cap callback fills. Exposed for the tests (they inspect the collated batch).
-    Seeded throughout: the LoRA init here, the shuffling and the dropout by the trainer (seed, data_seed)."""
+    Seeded throughout: the LoRA init here, the shuffling and the dropout by the trainer (seed, data_seed).
+    checkpointed: save a resumable checkpoint in work_dir every cfg.save_steps steps (train_lora resumes)."""
     import torch
     from datasets import Dataset
     from peft import get_peft_model
@@ -291,7 +295,10 @@ def build_trainer(
         max_steps=max_steps,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="no",
+        # checkpoints only where a resumable folder is given (train_lora's checkpoint_dir): the last one is kept
+        save_strategy="steps" if checkpointed else "no",
+        save_steps=max(cfg.save_steps, 1),
+        save_total_limit=1,
         eval_strategy="no",
         report_to="none",
         seed=cfg.seed,
@@ -348,15 +355,26 @@ def train_lora(
     out_dir: str | Path,
     log: Log = _quiet,
     warn: Log | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on prompt/completion rows (loss on the completion only) for cfg.max_steps optimizer
     steps (or cfg.epochs, whichever ends first; the time cap cfg.max_minutes only as a safety net, `warn`ed
-    when it bites) and save it (adapter_config.json, adapter_model.safetensors, train_result.json) in out_dir."""
+    when it bites) and save it (adapter_config.json, adapter_model.safetensors, train_result.json) in out_dir.
+
+    checkpoint_dir (with cfg.save_steps > 0): a resumable checkpoint (weights, optimizer, scheduler, RNG
+    states, data position) is saved there every save_steps steps, and a training that finds one there goes on
+    from it rather than from step 0; the folder is removed once the adapter is saved. The caller keys the
+    folder by everything that shapes the training (checkpoint_key), so that only a compatible run resumes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if as_frame(train_rows).height == 0:
         raise ValueError("no training rows: the prompt dataset has no rows of the chosen forms")
-    trainer, state = build_trainer(model_path, train_rows, eval_rows, cfg, out / "_trainer", log, warn)
+    checkpointed = checkpoint_dir is not None and cfg.save_steps > 0
+    work = Path(checkpoint_dir) if checkpointed else out / "_trainer"
+    trainer, state = build_trainer(model_path, train_rows, eval_rows, cfg, work, log, warn, checkpointed)
+    resume = latest_checkpoint(work) if checkpointed else None
+    if resume is not None:
+        log(f"resuming the LoRA training from {resume.name} (checkpoint of an interrupted run)")
     trainable, total = _count_params(trainer.model)
     log(
         f"LoRA r={cfg.lora_r} on layers {state['layers'] or 'all'}: {trainable:,} trainable of {total:,} "
@@ -365,7 +383,7 @@ def train_lora(
     )
     has_eval = trainer.eval_dataset is not None
     eval_before = float(trainer.evaluate()["eval_loss"]) if has_eval else math.nan
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     eval_after = float(trainer.evaluate()["eval_loss"]) if has_eval else math.nan
     trainer.model.save_pretrained(str(out))
     history = state["history"]
@@ -373,7 +391,11 @@ def train_lora(
     steps = int(state.get("steps", trainer.state.global_step))
     # examples = answers: items (rows, or episodes of the softmax loss and of packing) times answers per item
     seen = int(min(steps * state.get("per_step", cfg.batch_size), state["n"]) * state.get("per_item", 1.0))
-    seconds = float(state.get("seconds", 0.0))
+    seconds = float(
+        state.get("seconds", 0.0)
+    )  # this run's loop only: a resumed run did part of `seen` earlier
+    resumed = int(resume.name.rsplit("-", 1)[-1]) if resume is not None else 0
+    seen_here = seen * (steps - resumed) / steps if steps > 0 else 0
     if state["stopped_by_time"]:
         stopped_by = "time_cap"
     else:
@@ -384,7 +406,7 @@ def train_lora(
         eval_loss=eval_after,
         eval_loss_before=eval_before,
         loss_history=history,
-        examples_per_sec=seen / seconds if seconds > 0 else 0.0,
+        examples_per_sec=seen_here / seconds if seconds > 0 else 0.0,
         trainable_params=trainable,
         total_params=total,
         seconds=seconds,
@@ -395,15 +417,45 @@ def train_lora(
         device=state["device"],
         bf16=state["bf16"],
         quantity_episodes=int(state.get("quantity_answers", 0)),
+        resumed_from_step=resumed,
     )
     (out / "train_result.json").write_text(json.dumps(asdict(result), indent=1, default=str))
-    _remove_tree(out / "_trainer")
+    _remove_tree(work)
     log(
         f"trained {seen} examples in {steps} steps, {seconds:.0f} s ({result.examples_per_sec:.2f} ex/s, "
         f"stopped by {stopped_by}): "
         f"eval loss {eval_before:.4f} -> {eval_after:.4f}"
     )
     return result
+
+
+def latest_checkpoint(work_dir: str | Path) -> Path | None:
+    """The newest complete `checkpoint-<step>` folder under work_dir (one holding trainer_state.json), or None."""
+    found = [
+        p
+        for p in Path(work_dir).glob("checkpoint-*")
+        if p.name.rsplit("-", 1)[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
+
+
+def checkpoint_key(
+    model_path: str | Path, dataset_id: str, cfg: LoraTrainSettings, extra: dict | None = None
+) -> str:
+    """A short hash of everything that shapes a training run (base model, prompt dataset, every setting but
+    the wall-time cap, the logging and the checkpoint interval, and `extra`): runs with the same key may resume
+    each other's checkpoints, and no other run does."""
+    import hashlib
+
+    settings = {
+        k: v for k, v in asdict(cfg).items() if k not in ("max_minutes", "logging_steps", "save_steps")
+    }
+    text = json.dumps(
+        {"model": str(model_path), "dataset": dataset_id, "settings": settings, "extra": extra or {}},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _remove_tree(path: Path) -> None:
