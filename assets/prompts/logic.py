@@ -181,7 +181,21 @@ def build_prompt_rows(
     options = conn.sql(load_sql("prompts/select_prompt_options")).pl()
     cuts = style_cuts(conn)
     conn.execute("drop table if exists prompt_episodes")
+    return episodes_from_frames(period, episodes, customers, brands, options, cuts)
 
+
+def episodes_from_frames(
+    period: str,
+    episodes: pl.DataFrame,
+    customers: pl.DataFrame,
+    brands: dict[str, str | None],
+    options: pl.DataFrame,
+    cuts: dict[str, tuple[float, float]],
+) -> list[PromptEpisode]:
+    """PromptEpisodes from frames shaped as build_prompt_rows' queries return them (the market builds them from
+    its own frames): episodes (episode_id, customer_id, category, day, chosen_product_id, quantity), customers
+    (select_prompt_customers' columns), brands (episode_id -> top brand), options (select_prompt_options'
+    columns, each episode's in position order), cuts (style_cuts). Episodes without options are skipped."""
     cust_by_ep = {r["episode_id"]: r for r in customers.iter_rows(named=True)}
     opts_by_ep: dict[str, list[T.OptionContext]] = {}
     for r in options.iter_rows(named=True):
