@@ -242,7 +242,7 @@ def _hold_lock(wh: Path) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(60)",
+            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -271,7 +271,7 @@ def test_ingest_waits_a_bounded_time_for_the_lock_then_names_the_holder(data_dir
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(60)",
+            f"import duckdb, time; c = duckdb.connect({str(wh)!r}); print('ok', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
         text=True,
