@@ -1,4 +1,4 @@
-"""The `malles` command: run the pipeline, ingest files, draw a synthetic market.
+"""The `malles` command: run the pipeline, ingest files, draw a synthetic market, run a what-if scenario.
 
 Exit status: 0 success, 1 the work failed (a run step failed, a file was rejected), 2 bad usage or config.
 """
@@ -301,6 +301,85 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- whatif
+
+
+def whatif_run_config(args: argparse.Namespace, data: Path) -> tuple[dict, Path]:
+    """The whatif asset's config from the arguments, and the warehouse, after checking the config, the engine
+    name and the scenario against the warehouse (load_scenario with a connection): a bad one is a one-line
+    error here, before any work."""
+    import duckdb
+    import yaml
+    from pydantic import ValidationError
+
+    import pipelines.definitions  # noqa: F401 - every engine family registers itself in run.ENGINES
+    from assets.market import WhatIfConfig, run
+    from assets.market.scenario import load_scenario
+
+    db = Path(os.environ.get("MALLES_DUCKDB_PATH") or data / "malles.duckdb")
+    if not db.exists():
+        raise UsageError(f"warehouse {db} does not exist: build it first (malles run) or pass --warehouse")
+    cfg: dict = {"scenario": str(Path(args.scenario).resolve())}
+    cfg |= {k: v for k in ("engine", "weeks", "customers") if (v := getattr(args, k)) is not None}
+    for item in args.config or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in WhatIfConfig.model_fields or key == "scenario":
+            fields = ", ".join(f for f in WhatIfConfig.model_fields if f != "scenario")
+            raise UsageError(
+                f"--config {item!r}: write FIELD=VALUE with a field of the whatif asset: {fields}"
+            )
+        cfg[key] = yaml.safe_load(value)
+    try:
+        config = WhatIfConfig(**cfg)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(
+            f"whatif.{'.'.join(str(x) for x in err['loc'])}: {err['msg']} (see --config)"
+        ) from None
+    run.check_engine_names([config.engine or ("hybrid" if "hybrid" in run.ENGINES else "clogit")])
+    try:
+        conn = duckdb.connect(str(db), read_only=True)
+    except duckdb.Error as e:
+        raise UsageError(f"warehouse {db}: {str(e).splitlines()[0]}") from None
+    with conn:
+        load_scenario(config.scenario, conn)  # a ScenarioError: one line naming the fix
+    return {"ops": {"whatif": {"config": cfg}}}, db
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    data = _prepare_env(args)
+    console = _console()
+    run_config, db = whatif_run_config(args, data)
+    import dagster as dg
+
+    from pipelines.definitions import build_resources, defs
+
+    console.print(f"[bold]malles whatif[/bold]: {args.scenario}, warehouse {db}")
+    # the resources of this call's data folder and warehouse (defs may have been imported with others)
+    resources = build_resources(os.environ.get("PIPELINE_ENV", "local"))
+    t0 = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("whatif_job").execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, resources=resources
+        )
+    wall = time.perf_counter() - t0
+    if not result.success:
+        console.print(f"[red]run {result.run_id} failed after {wall:.0f} s[/red]; see the step errors above")
+        return 1
+    meta = result.asset_materializations_for_node("whatif")[0].metadata
+    console.print(meta["effects"].value)
+    for key in ("units_plot", "elasticity_plot"):
+        if key in meta:
+            console.print(f"  {key:16} {meta[key].value}")
+    console.print(f"  tables           whatif_effects, whatif_elasticities, whatif_diversion in {db}")
+    if "mlflow_run_url" in meta:
+        console.print(f"  mlflow           {meta['mlflow_run_url'].value}")
+    console.print(
+        f"[green]whatif {meta['scenario'].value} ({meta['engine'].value}) done in {wall:.1f} s[/green]"
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -362,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a SynthConfig field")
     s.set_defaults(func=cmd_synth)
+
+    w = sub.add_parser(
+        "whatif", help="run a what-if scenario (YAML) through the market simulation and print its effects"
+    )
+    w.add_argument("scenario", help="a scenario YAML (scenarios/README.md)")
+    w.add_argument("--engine", help="a market engine (default: hybrid when registered, else clogit)")
+    w.add_argument("--weeks", type=int, help="the period's first N ISO weeks (default 8; 0 = all)")
+    w.add_argument("--customers", type=int, help="a seeded sample of N customers (default 0 = all)")
+    w.add_argument("--config", action="append", metavar="FIELD=VALUE", help="override a whatif config field")
+    w.set_defaults(func=cmd_whatif)
     return p
 
 

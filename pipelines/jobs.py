@@ -12,6 +12,8 @@ SYNTHETIC = dg.AssetSelection.groups("synthetic")
 # The market simulation (group market) runs as market_job, not yet in the main job: its cost on Complete
 # Journey is not measured.
 MARKET = dg.AssetSelection.groups("market")
+# What-if scenarios (asset whatif, group market) run as whatif_job (`malles whatif`), apart from market_job.
+WHATIF = dg.AssetSelection.assets("whatif")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
@@ -53,9 +55,16 @@ synthetic_market_job = dg.define_asset_job(
 
 market_job = dg.define_asset_job(
     "market_job",
-    selection=MARKET,
+    selection=MARKET - WHATIF,
     description="The market simulation of a period: occasions and consideration sets, each engine with and "
     "without the mean field, scored at the market level next to persistence (needs features and baselines).",
+)
+
+whatif_job = dg.define_asset_job(
+    "whatif_job",
+    selection=WHATIF,
+    description="A what-if scenario through the market simulation: with and without its interventions "
+    "(mean field), effects with bootstrap intervals, the elasticity matrix, diversion ratios (`malles whatif`).",
 )
 
 JOBS = [
@@ -67,4 +76,5 @@ JOBS = [
     main_job,
     synthetic_market_job,
     market_job,
+    whatif_job,
 ]

@@ -17,6 +17,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
 from assets.market import run
+from assets.market import whatif as wi
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
 
@@ -90,6 +91,78 @@ def market_simulation(
     return dg.MaterializeResult(metadata=meta)
 
 
-MARKET_ASSETS = [market_simulation]
+def _default_whatif_engine() -> str:
+    """'hybrid' when an engine family registered it (assets/market/llm.py), else 'clogit'."""
+    return "hybrid" if "hybrid" in run.ENGINES else "clogit"
 
-__all__ = ["MARKET_ASSETS", "MarketSimulationConfig", "market_simulation"]
+
+class WhatIfConfig(dg.Config):
+    scenario: str = "scenarios/synth_price_rise.yaml"  # the scenario YAML (scenarios/README.md)
+    engine: str = ""  # a name of run.ENGINES; empty = 'hybrid' when registered, else 'clogit'
+    period: str = "test"  # the simulated period: 'train', 'val' or 'test'
+    category_ids: list[str] = []  # these categories; empty = the scenario's affected categories
+    weeks: int = 8  # the period's first N ISO weeks; 0 = all
+    customers: int = 0  # a seeded sample of N customers (md5 of seed|customer_id); 0 = all
+    m_options: int = 20  # M: own products, then the 28-day best sellers, up to M per occasion
+    alpha: float = 1.0  # mean-field damping (1 = undamped: exact after D + 1 passes)
+    epsilon: float = 1e-3  # mean-field convergence threshold on the residual
+    max_iter: int = 60  # mean-field passes at most
+    own_history: bool = False  # also recompute the customer's own-history columns
+    bootstrap: int = 200  # B bootstrap replicates over customers for the intervals (0 = none)
+    top_k: int = 10  # the elasticity matrix's products: the category's top K by baseline units (0 = none)
+    elasticity_categories: int = 1  # the first N affected categories get an elasticity matrix
+    seed: int = 0  # the customer sample, the baseline fit and the bootstrap's seed
+
+
+@dg.asset(
+    group_name="market",
+    kinds={"duckdb", "python", "mlflow"},
+    deps=["option_features", "episode_splits", "baseline_report"],
+)
+def whatif(
+    context: dg.AssetExecutionContext,
+    config: WhatIfConfig,
+    duckdb: DuckDBResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """A what-if scenario (scenarios/*.yaml) through the market simulation: the market with and without its
+    interventions, both through the mean field; per product and category the change in units, revenue and
+    share with bootstrap intervals over customers (table whatif_effects), the affected category's price
+    elasticity matrix (whatif_elasticities) and the diversion ratios of its delistings (whatif_diversion),
+    keyed by scenario and engine; plots and an MLflow run."""
+    from assets.market.scenario import load_scenario
+
+    cfg = config.model_dump()
+    settings = wi.WhatIfSettings(
+        **{k: v for k, v in cfg.items() if k not in ("scenario", "category_ids", "engine")},
+        engine=config.engine or _default_whatif_engine(),
+        category_ids=tuple(config.category_ids),
+    )
+    out_dir = data_dir() / "market" / "whatif" / context.run.run_id
+    with duckdb.get_connection() as conn:
+        scenario = load_scenario(config.scenario, conn)  # one line naming the fix, before any work
+        result = wi.run_whatif(conn, scenario, settings, log=context.log.info)
+        wi.write_whatif_tables(conn, result)
+        plots = {"units_plot": wi.plot_units_change(result.effects, out_dir / "whatif_units.png")}
+        heat = wi.plot_elasticities(result.elasticities, out_dir / "whatif_elasticities.png")
+        plots |= {"elasticity_plot": heat} if heat else {}
+        csvs = [out_dir / f"{t}.csv" for t in wi.TABLES]
+        for path, frame in zip(csvs, (result.effects, result.elasticities, result.diversion), strict=True):
+            frame.write_csv(path)
+        md = wi.effects_markdown(result.effects)
+        context.log.info(f"whatif {scenario.name} ({settings.engine}):\n{md}")
+        meta = {
+            **table_metadata(result.effects),
+            "scenario": dg.MetadataValue.text(scenario.name),
+            "engine": dg.MetadataValue.text(settings.engine),
+            "effects": dg.MetadataValue.md(md),
+            **{k: dg.MetadataValue.path(str(p)) for k, p in plots.items()},
+            **wi.headline(result),
+        }
+        meta |= log_asset_run(mlflow, context, conn, meta, params=cfg, artifacts=[*plots.values(), *csvs])
+    return dg.MaterializeResult(metadata=meta)
+
+
+MARKET_ASSETS = [market_simulation, whatif]
+
+__all__ = ["MARKET_ASSETS", "MarketSimulationConfig", "WhatIfConfig", "market_simulation", "whatif"]
