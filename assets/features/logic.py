@@ -20,11 +20,17 @@ _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 def run_sql(conn, name: str, params: dict[str, Any] | None = None) -> float:
     """Run sql/features/<name>.sql with the params it names (others are ignored); returns seconds taken."""
-    sql = load_sql(f"features/{name}")
+    return run_sql_file(conn, f"features/{name}", params)
+
+
+def run_sql_file(conn, path: str, params: dict[str, Any] | None = None) -> float:
+    """Run sql/<path>.sql (e.g. "market/market_occasions") with the params it names (others are ignored);
+    returns seconds taken. A parameter the file names but `params` lacks is a ValueError."""
+    sql = load_sql(path)
     wanted = set(_PARAM.findall(sql))
     missing = wanted - set(params or {})
     if missing:
-        raise ValueError(f"features/{name}.sql needs parameters {sorted(missing)}")
+        raise ValueError(f"{path}.sql needs parameters {sorted(missing)}")
     start = time.perf_counter()
     conn.execute(sql, {k: v for k, v in (params or {}).items() if k in wanted})
     return time.perf_counter() - start

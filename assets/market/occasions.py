@@ -34,17 +34,14 @@ Readings that needed a choice:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from assets.features.logic import drop_feature_temps, drop_temp, run_feature_steps
 from assets.features.logic import run_sql as run_features_sql
-from resources.sql import load_sql
 from resources.warehouse import quote_ident, scalar, table_exists
 
-_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 PERIODS = ("train", "val", "test")
 SOURCES = ("own", "best_seller", "scenario")
 MARKET_TEMP_TABLES = (
@@ -60,14 +57,9 @@ REQUIRED_TABLES = ("decision_episodes", "episode_splits", "episode_purchases", "
 
 def run_market_sql(conn, name: str, params: dict[str, Any] | None = None) -> float:
     """Run sql/market/<name>.sql with the params it names (others are ignored); returns seconds taken."""
-    sql = load_sql(f"market/{name}")
-    wanted = set(_PARAM.findall(sql))
-    missing = wanted - set(params or {})
-    if missing:
-        raise ValueError(f"market/{name}.sql needs parameters {sorted(missing)}")
-    start = time.perf_counter()
-    conn.execute(sql, {k: v for k, v in (params or {}).items() if k in wanted})
-    return time.perf_counter() - start
+    from assets.features.logic import run_sql_file
+
+    return run_sql_file(conn, f"market/{name}", params)
 
 
 def _list_or_top(value, what: str) -> tuple[list[str] | None, int | None]:
