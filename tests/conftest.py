@@ -16,6 +16,10 @@ def data_dir(tmp_path, monkeypatch):
     d = tmp_path / "data"
     d.mkdir()
     monkeypatch.setenv("MALLES_DATA_DIR", str(d))
+    # the CLI's main() run in-process sets these; without this they leak into later tests (and their
+    # subprocesses), which then use another test's warehouse
+    monkeypatch.delenv("MALLES_DUCKDB_PATH", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     return d
 
 
