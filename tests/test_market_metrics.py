@@ -224,6 +224,43 @@ def test_share_cv_cw_uses_sample_std():
     assert MM.share_cv_cw([units([("c", "W", "A", 0.0)]), units([])]) is None
 
 
+def test_share_cv_cells_are_share_cv_cw_cell_by_cell():
+    r1 = units([("c", "W", "A", 1.0), ("c", "W", "B", 2.0), ("c", "W", "Z", 0.0)])
+    r2 = units([("c", "W", "A", 3.0)])
+    cells = MM.share_cv_cells([r1, r2])
+    assert cells.columns == [*MM.CELL, "mean", "std", "cv"] and cells["product_id"].to_list() == [
+        "A",
+        "B",
+        "Z",
+    ]
+    assert cells["mean"].to_list() == [2.0, 1.0, 0.0]
+    assert cells["std"].to_list() == pytest.approx([math.sqrt(2), math.sqrt(2), 0.0], abs=1e-12)
+    assert cells["cv"].to_list()[:2] == pytest.approx([math.sqrt(2) / 2, math.sqrt(2)], abs=1e-12)
+    assert cells["cv"][2] is None  # mean 0: no CV, left out of share_cv_cw
+    assert cells["cv"].drop_nulls().mean() == pytest.approx(MM.share_cv_cw([r1, r2]), abs=1e-12)
+    assert MM.share_cv_cells([r1]).height == 0
+
+
+def test_cell_top1_agreement_by_hand():
+    # cell (c, W1): tops A, A, B; cell (c, W2): A ties with OTHER at 2 units in run 1 (A < "other": A), B
+    # wins outright in run 2, A in run 3; cell (d, W1): B in every run; cell (d, W2): units only in run 1
+    r1 = units([("c", "W1", "A", 3.0), ("c", "W1", "B", 1.0), ("c", "W2", "A", 2.0), ("c", "W2", OTHER, 2.0),
+                ("d", "W1", "B", 1.0), ("d", "W2", "A", 1.0)])  # fmt: skip
+    r2 = units([("c", "W1", "A", 2.0), ("c", "W2", "B", 5.0), ("d", "W1", "B", 2.0), ("d", "W2", "A", 0.0)])
+    r3 = units([("c", "W1", "B", 4.0), ("c", "W1", "A", 1.0), ("c", "W2", "A", 1.0), ("d", "W1", "B", 0.5)])
+    top = MM.top_products(r1)
+    assert top.rows() == [("c", "W1", "A"), ("c", "W2", "A"), ("d", "W1", "B"), ("d", "W2", "A")]
+    assert MM.top_products(r2).height == 3  # (d, W2) has no unit in run 2: no top product
+    every, pairwise = MM.cell_top1_agreement([r1, r2, r3])
+    # cells c/W1, c/W2, d/W1, d/W2; the same in all runs: d/W1 only
+    assert every == pytest.approx(1 / 4, abs=1e-12)
+    # pairs (1,2): c/W1, d/W1 = 2/4; (1,3): c/W2, d/W1 = 2/4; (2,3): d/W1 = 1/4
+    assert pairwise == pytest.approx((0.5 + 0.5 + 0.25) / 3, abs=1e-12)
+    assert MM.cell_top1_agreement([r1, r1]) == (1.0, 1.0)
+    assert MM.cell_top1_agreement([r1]) == (None, None)
+    assert MM.cell_top1_agreement([units([]), units([])]) == (None, None)
+
+
 def test_expected_calibration_error_by_hand():
     p = [0.05, 0.1, 0.95, 1.0, 1.0, 0.5]
     h = [0, 1, 1, 1, 0, 1]

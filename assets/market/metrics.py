@@ -35,6 +35,14 @@ Readings (where docs/evaluation-protocol.md needed one):
 - share_cv_cw: sample standard deviation (ddof=1, as share_cv of assets/evaluation/metrics.py) over the
   mean, across the R runs, of each (category, week, product) cell ("other" included); a cell missing from a
   run counts 0 units there; cells with mean 0 are left out; None with fewer than 2 runs or no cell left.
+- share_cv_cells: share_cv_cw's cells one by one (mean, std, cv per cell; cv null where the mean is 0), so
+  that share_cv_cw = the mean of their non-null cv.
+- cell_top1_agreement (the protocol defines top1_agreement on episodes only; this is its reading per market
+  cell): a (category, week)'s top product is the product or OTHER with the most units (ties: the smaller
+  product_id; a cell with no unit has none). "all" = the share of the cells (the union over the runs) whose
+  top product is the same in every run; "pairwise" = the mean over pairs of runs of the share of cells with
+  the same top product. A cell without a top product in a run agrees with nothing; None with fewer than 2
+  runs or no cell.
 - expected_calibration_error: bin b = min(floor(p x bins), bins - 1) in float64, so bin b is
   [b / bins, (b + 1) / bins) and p = 1.0 falls in the last bin; sum over bins of (n_b / n) x
   |mean p - mean hit|; a hit may be fractional (expected hit under ties). None when empty or when any
@@ -48,6 +56,8 @@ Readings (where docs/evaluation-protocol.md needed one):
 """
 
 from __future__ import annotations
+
+from itertools import combinations
 
 import numpy as np
 import polars as pl
@@ -244,6 +254,56 @@ def share_cv_cw(runs: list[pl.DataFrame]) -> float | None:
     if not ok.any():
         return None
     return float(np.mean(mat[ok].std(axis=1, ddof=1) / mean[ok]))
+
+
+def share_cv_cells(runs: list[pl.DataFrame]) -> pl.DataFrame:
+    """category, week, product_id, mean, std (ddof=1), cv of units across the runs per cell (share_cv_cw's
+    cells: a cell missing from a run counts 0; cv null where the mean is 0); empty with fewer than 2 runs."""
+    schema = {**{c: pl.Utf8 for c in CELL}, "mean": pl.Float64, "std": pl.Float64, "cv": pl.Float64}
+    if len(runs) < 2:
+        return pl.DataFrame(schema=schema)
+    cols = [f"u{r}" for r in range(len(runs))]
+    per = [_units(df).rename({"units": c}) for df, c in zip(runs, cols, strict=True)]
+    keys = pl.concat([p.select(CELL) for p in per]).unique()
+    for p in per:
+        keys = keys.join(p, on=CELL, how="left")
+    mat = keys.select(cols).fill_null(0.0).to_numpy()
+    mean, std = mat.mean(axis=1), mat.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.where(mean > 0, std / np.where(mean > 0, mean, 1.0), np.nan)
+    out = keys.select(CELL).with_columns(
+        mean=pl.Series(mean, dtype=pl.Float64),
+        std=pl.Series(std, dtype=pl.Float64),
+        cv=pl.Series(cv, dtype=pl.Float64).fill_nan(None),
+    )
+    return out.select(pl.col(c).cast(t) for c, t in schema.items()).sort(CELL)
+
+
+def top_products(units: pl.DataFrame) -> pl.DataFrame:
+    """category, week, product_id: each (category, week)'s product (OTHER included) with the most units; ties:
+    the smaller product_id; a (category, week) without units has no row."""
+    u = _units(units).filter(pl.col("units") > 0)
+    top = u.sort([*CW, "units", "product_id"], descending=[False, False, True, False])
+    return top.group_by(CW, maintain_order=True).first().select(CELL).sort(CW)
+
+
+def cell_top1_agreement(runs: list[pl.DataFrame]) -> tuple[float | None, float | None]:
+    """(all, pairwise) of the (category, week) cells' top products across runs (module docstring)."""
+    if len(runs) < 2:
+        return None, None
+    tops = [top_products(r).rename({"product_id": f"t{i}"}) for i, r in enumerate(runs)]
+    keys = pl.concat([_units(r).select(CW) for r in runs]).unique()
+    if keys.height == 0:
+        return None, None
+    for t in tops:
+        keys = keys.join(t, on=CW, how="left")
+    mat = keys.select([f"t{i}" for i in range(len(runs))]).to_numpy()
+    present = np.array([[v is not None for v in row] for row in mat], dtype=bool)
+    same = [
+        present[:, a] & present[:, b] & (mat[:, a] == mat[:, b]) for a, b in combinations(range(len(runs)), 2)
+    ]
+    everywhere = np.all(present, axis=1) & np.all(mat == mat[:, :1], axis=1)
+    return float(everywhere.mean()), float(np.mean([s.mean() for s in same]))
 
 
 def expected_calibration_error(top_prob, top_hit, bins: int = 15) -> float | None:
