@@ -19,6 +19,7 @@ unit. Because every signal reads days < d only, the exact fixed point is a forwa
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections import defaultdict
@@ -28,7 +29,7 @@ import polars as pl
 import pytest
 
 from assets.market import meanfield as mf
-from assets.market.engine import ChoiceEngine, with_other_rows
+from assets.market.engine import DECISIONS_SCHEMA, ChoiceEngine, with_other_rows
 from assets.market.metrics import OTHER, fixed_point_residual
 from tests.test_market_occasions import make_warehouse
 
@@ -124,9 +125,16 @@ class PopLogit(ChoiceEngine):
         )
 
 
-def reference_fixed_point(purchases: pl.DataFrame, occasions: pl.DataFrame, beta: float) -> dict:
+def reference_fixed_point(
+    purchases: pl.DataFrame,
+    occasions: pl.DataFrame,
+    beta: float,
+    weight: float = 1.0,
+    seed: int | None = None,
+) -> dict:
     """The exact fixed point in plain Python: days in order, each occasion's probabilities from the purchases
-    of days d - W .. d - 1 (observed before the period and outside the occasions, simulated inside)."""
+    of days d - W .. d - 1 (observed before the period and outside the occasions, simulated inside), each
+    occasion counting `weight` times. seed: sample mode, the occasion's one draw (uniform_of) instead."""
     heads = set(zip(occasions["basket_id"], occasions["actual_product_id"], strict=True))
     counts: dict = defaultdict(float)
     for b, p, d in purchases.select("basket_id", "product_id", "day").iter_rows():
@@ -137,9 +145,27 @@ def reference_fixed_point(purchases: pl.DataFrame, occasions: pl.DataFrame, beta
         pops = {p: sum(counts[(p, d - timedelta(days=j))] for j in range(1, W + 1)) for p in PRODUCTS}
         expu = {p: math.exp(beta * math.log1p(v)) for p, v in pops.items()}
         total = sum(expu.values()) + 1.0  # OTHER: exp(0)
-        for p, e in expu.items():
-            counts[(p, d)] += e / total
+        probs = {p: e / total for p, e in expu.items()}
+        if seed is not None:
+            pick = draw({**probs, OTHER: 1.0 / total}, uniform_of(seed, o["occasion_id"]))
+            probs = {p: float(p == pick) for p in PRODUCTS}
+        for p, q in probs.items():
+            counts[(p, d)] += weight * q
     return {k: v for k, v in counts.items() if k[1] >= START and v > 0}
+
+
+def uniform_of(seed: int, occasion_id: str) -> float:
+    """The module docstring's common random number, written out: md5("{seed}|{occasion_id}"), 13 hex digits."""
+    return int(hashlib.md5(f"{seed}|{occasion_id}".encode()).hexdigest()[:13], 16) / 16**13
+
+
+def draw(probs: dict, u: float) -> str:
+    """Inverse CDF in product_id order (as text: "other" after "A3"): the first option whose cumulative prob
+    exceeds u x the total."""
+    cum, keys = [], sorted(probs)
+    for k in keys:
+        cum.append((cum[-1] if cum else 0.0) + probs[k])
+    return next(k for k, c in zip(keys, cum, strict=True) if c > u * cum[-1] or c >= cum[-1])
 
 
 def as_dict(state: pl.DataFrame) -> dict:
@@ -330,6 +356,153 @@ def test_without_mean_field_the_options_are_unchanged(tmp_path):
         and meta["final_residual"] == res.residuals[-1]
         and len(meta["residuals"]) == 3
     )
+
+
+QUIET = {"log": lambda s: None}
+
+
+def test_sample_mode_draws_one_option_by_the_occasions_uniform():
+    """(f) sample mode without the mean field: one draw per occasion by inverse CDF with the occasion's md5
+    uniform; prob one-hot, the engine's prob in prob_model, the rows and their order kept; the same seed gives
+    the same draws, other seeds other draws; sample_seed=None keeps expected mode's frame (no prob_model)."""
+    purchases, occasions, options = toy_market()
+    _, history = mf.observed_state(purchases, occasions, history_days=W)
+    engine = PopLogit(beta=1.5)
+    expected = mf.run_mean_field(engine, options, occasions, history, mean_field=False, **QUIET).decisions
+    assert expected.columns == list(DECISIONS_SCHEMA)
+    u = mf.occasion_uniforms(occasions["occasion_id"], 7)
+    assert u["_u"].to_list() == [uniform_of(7, o) for o in occasions["occasion_id"]]
+    assert ((u["_u"] >= 0) & (u["_u"] < 1)).all()
+    picks = {}
+    for seed in (7, 7, 8, 9):
+        res = mf.run_mean_field(
+            engine, options, occasions, history, mean_field=False, sample_seed=seed, **QUIET
+        )
+        d = res.decisions
+        assert d.columns == [*DECISIONS_SCHEMA, "prob_model"] and res.sample_seed == seed
+        assert d.select("occasion_id", "product_id").equals(expected.select("occasion_id", "product_id"))
+        assert d["prob_model"].equals(expected["prob"]) and d["expected_qty"].equals(expected["expected_qty"])
+        assert set(d["prob"].to_list()) == {0.0, 1.0}
+        assert (
+            d.group_by("occasion_id").agg(pl.col("prob").sum())["prob"].to_list() == [1.0] * occasions.height
+        )
+        for o, part in d.partition_by("occasion_id", as_dict=True).items():
+            probs = dict(zip(part["product_id"], part["prob_model"], strict=True))
+            assert part.filter(pl.col("prob") == 1.0)["product_id"].item() == draw(
+                probs, uniform_of(seed, o[0])
+            )
+        picks.setdefault(seed, []).append(d.filter(pl.col("prob") == 1.0).sort("occasion_id")["product_id"])
+    assert picks[7][0].equals(picks[7][1])
+    assert not picks[7][0].equals(picks[8][0]) and not picks[8][0].equals(picks[9][0])
+    # the state is that of the draws: one purchase per occasion on its drawn product (OTHER left out)
+    res = mf.run_mean_field(engine, options, occasions, history, mean_field=False, sample_seed=7, **QUIET)
+    inside = res.state.join(history.background, on=["product_id", "day"], how="left")
+    n_other = (picks[7][0] == OTHER).sum()
+    assert (
+        inside["purchases"].sum() - inside["purchases_right"].fill_null(0.0).sum()
+        == occasions.height - n_other
+    )
+
+
+@pytest.mark.parametrize("beta", [1.5, -4.0])
+def test_sample_mode_undamped_is_the_exact_forward_fixed_point(beta):
+    """(g) the uniforms are common random numbers, so a pass is a deterministic map; the signals are causal, so
+    alpha = 1 reaches the sampled market's exact fixed point (a forward pass drawing day by day with the same
+    uniforms) within DAYS + 1 passes, with residual exactly 0; the feedback changes draws."""
+    purchases, occasions, options = toy_market()
+    _, history = mf.observed_state(purchases, occasions, history_days=W)
+    moved = 0
+    for seed in (0, 1, 2, 3):
+        engine = PopLogit(beta)
+        res = mf.run_mean_field(
+            engine,
+            options,
+            occasions,
+            history,
+            alpha=1.0,
+            epsilon=1e-9,
+            max_iter=50,
+            sample_seed=seed,
+            **QUIET,
+        )
+        assert res.converged and res.iterations <= DAYS + 1 and res.residuals[-1] == 0.0
+        ref = reference_fixed_point(purchases, occasions, beta, seed=seed)
+        assert max_gap(as_dict(res.state), ref) < 1e-12
+        # the decisions are the draws at the fixed point's signals: prob_model is the engine's there
+        again = engine.decide(mf.signals_from_state(with_other_rows(options), occasions, res.state, history))
+        both = res.decisions.join(again, on=["occasion_id", "product_id"])
+        assert (both["prob_model"] - both["prob_right"]).abs().max() < 1e-12
+        once = mf.run_mean_field(
+            PopLogit(beta), options, occasions, history, mean_field=False, sample_seed=seed
+        )
+        moved += (once.decisions["prob"] != res.decisions["prob"]).sum()
+    assert moved > 0  # the loop had work to do: the observed signals draw differently
+
+
+def test_sample_mode_damping_damps_the_state_not_the_draws():
+    """(h) alpha = 0.5 in sample mode: the state is a damped mix of one-hot draws (fractional on the way), the
+    returned decisions are one-hot, and it ends at the undamped fixed point, more slowly."""
+    purchases, occasions, options = toy_market()
+    _, history = mf.observed_state(purchases, occasions, history_days=W)
+    run = {"epsilon": 1e-9, "max_iter": 100, "sample_seed": 3, **QUIET}
+    undamped = mf.run_mean_field(PopLogit(-4.0), options, occasions, history, alpha=1.0, **run)
+    two = mf.run_mean_field(PopLogit(-4.0), options, occasions, history, alpha=0.5, **{**run, "max_iter": 2})
+    damped = mf.run_mean_field(PopLogit(-4.0), options, occasions, history, alpha=0.5, **run)
+    assert set(two.decisions["prob"].to_list()) == {0.0, 1.0}
+    frac = two.state["purchases"] - two.state["purchases"].round(0)
+    assert frac.abs().max() > 0.1  # after two damped passes the state is a mix of draws
+    assert damped.converged and damped.iterations > 2 * undamped.iterations
+    assert damped.decisions["prob"].equals(undamped.decisions["prob"])
+    assert max_gap(as_dict(damped.state), as_dict(undamped.state)) < 1e-7
+
+
+def test_weights_count_each_occasion_in_the_market_state():
+    """(i) weights: each occasion's simulated purchases count `weight` times in the market state that feeds the
+    signals (the fixed point moves: a forward pass with weight 2 is the reference); the background and the
+    pre-period stay observed; the customer's own history counts once; a bad weights frame is an error."""
+    purchases, occasions, options = toy_market()
+    _, history = mf.observed_state(purchases, occasions, history_days=W)
+    two = occasions.select("occasion_id", weight=pl.lit(2.0))
+    quiet = {"epsilon": 1e-9, "max_iter": 50, **QUIET}
+    # without the mean field: the state is the background plus twice the occasions' part
+    once = mf.run_mean_field(
+        PopLogit(1.5), options, occasions, history, mean_field=False, weights=two, **QUIET
+    )
+    part = mf.state_of(once.decisions, occasions, options=with_other_rows(options))
+    want = pl.concat([history.background, part.with_columns(pl.col(mf.VALUES) * 2.0)])
+    want = want.group_by("product_id", "day").agg(pl.col(mf.VALUES).sum())
+    assert fixed_point_residual(once.state, want) < 1e-12
+    assert fixed_point_residual(*(f.with_columns(units="purchases") for f in (once.state, want))) < 1e-12
+    # with the mean field, expected and sample mode: the weighted forward pass
+    for seed in (None, 4):
+        res = mf.run_mean_field(
+            PopLogit(1.5), options, occasions, history, alpha=1.0, weights=two, sample_seed=seed, **quiet
+        )
+        ref2 = reference_fixed_point(purchases, occasions, 1.5, weight=2.0, seed=seed)
+        ref1 = reference_fixed_point(purchases, occasions, 1.5, weight=1.0, seed=seed)
+        assert res.converged and max_gap(as_dict(res.state), ref2) < 1e-9
+        assert max_gap(ref2, ref1) > 0.5  # ignoring the weights would miss it by far
+    plain = mf.run_mean_field(PopLogit(1.5), options, occasions, history, alpha=1.0, **quiet)
+    ones = two.with_columns(weight=pl.lit(1.0))
+    unit = mf.run_mean_field(PopLogit(1.5), options, occasions, history, alpha=1.0, weights=ones, **quiet)
+    assert plain.state.equals(unit.state)
+    # an engine that reads only the customer's own history decides the same with any weights
+    own = {"alpha": 1.0, "own_history": True, **quiet}
+    runs = [
+        mf.run_mean_field(PopLogit(0.0, gamma=2.0), options, occasions, history, weights=w, **own)
+        for w in (None, two)
+    ]
+    assert runs[0].converged and runs[1].converged
+    both = runs[0].decisions.join(runs[1].decisions, on=["occasion_id", "product_id"])
+    assert both.height == runs[0].decisions.height and (both["prob"] - both["prob_right"]).abs().max() < 1e-12
+    for bad, msg in (
+        (two.head(5), "have no weight"),
+        (two.with_columns(weight=pl.lit(-1.0)), "negative"),
+        (pl.concat([two, two.head(1)]), "repeat"),
+        (two.rename({"weight": "w"}), "lack columns"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            mf.run_mean_field(PopLogit(1.5), options, occasions, history, weights=bad, **QUIET)
 
 
 @pytest.fixture(scope="module")

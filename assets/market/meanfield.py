@@ -38,10 +38,39 @@ Readings that needed a choice:
   triangular Jacobian in time): alpha = 1 is exact after at most D + 1 passes (D = the occasion days) and alpha < 1
   only slows it (the first day closes its gap as (1 - alpha)^k; tests/test_market_meanfield.py measures it).
   Damping would matter for a signal of day d itself (stock left that day), which no column is yet.
+
+Sample mode (run_mean_field(sample_seed=s); docs/evaluation-protocol.md "Stability (sample mode)"):
+- each occasion draws one option from the engine's probabilities by inverse CDF over its options in
+  product_id order (as text, OTHER included): the first option whose cumulative prob exceeds u x the
+  occasion's total, with u = int(md5("{s}|{occasion_id}")[:13], 16) / 16**13 in [0, 1) (the protocol's hash
+  reading; 52 bits, exact in a float64). u is a common random number: the same in every pass, so one pass is
+  a deterministic map of m and, the signals being causal, alpha = 1 reaches the exact fixed point of the
+  sampled market within D + 1 passes as in expected mode. The coupling is monotone: a small change of the
+  probabilities moves few draws.
+- the returned decisions keep DECISIONS_SCHEMA with prob one-hot on the drawn option (1.0, every other 0.0)
+  and the engine's probabilities in an extra column prob_model; expected_qty is the engine's (the drawn
+  option's expected units: quantities are not sampled). So every use of prob x expected_qty (state_of,
+  choices_of, metrics.simulated_units, scoring) reads one sampled market unchanged.
+- damping (alpha < 1) damps the state, never the draws: each pass draws one-hot choices from the engine's
+  probabilities at the signals of the damped m_k, and m_{k+1} = (1 - alpha) m_k + alpha (their state), as in
+  expected mode. A fixed point is the same as alpha = 1's (one-hot draws that reproduce themselves); on the
+  way the state is fractional (a mix of earlier draws) and only the returned decisions are one-hot.
+- mean_field=False draws once from the engine's probabilities on the options as given.
+
+Weights (run_mean_field(weights=frame of occasion_id, weight)), for a customer sample raked to stand for the
+population: each occasion's simulated purchases, units and unit_price_sum count `weight` times in the market
+state m (state_of), so in every market signal (pop_28d, pop_total, is_new, prod_mean_qty_28d, the market
+ref_price), in m_0 (the actual purchases weighted alike) and in the residuals. Not weighted: the customer's own
+history (own_history: a customer's own purchases count once), the background and the days before the period
+(observed), and the returned decisions (per occasion; the caller weights the units it scores). Every occasion
+needs one finite weight >= 0. Caution: history.background holds every observed purchase of the period that is
+no occasion's actual purchase, the customers outside the sample included; with weights that stand for them,
+build the history so that the background leaves out what the weighted sample stands for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +92,7 @@ MARKET_COLUMNS = ("pop_28d", "pop_total", "is_new", "prod_mean_qty_28d", "ref_pr
 OWN_COLUMNS = ("cust_product_purchases", "cust_brand_purchases", "cust_mean_qty", "days_since_cust_purchase")
 BUY_THRESHOLD = 0.5  # expected purchases on a day that make it a purchase day (days_since_cust_purchase)
 ZERO = 1e-9  # a window sum below this is 0 (float residue of cumulative differences)
+UNIFORM_HEX = 13  # hex digits of md5 read as a sample mode's uniform: 52 bits, exact in a float64
 PURCHASES_SQL = """
 select p.basket_id, p.customer_id, p.product_id, k.category, k.brand, p.day, p.units, p.unit_price,
        p.is_merchandise
@@ -101,6 +131,7 @@ class MeanFieldResult:
     engine_seconds: list[float] = field(default_factory=list)  # per iteration, engine.decide
     alpha: float = 0.5
     epsilon: float = 1e-3
+    sample_seed: int | None = None  # None: expected mode; else sample mode with this seed
 
     def metadata(self) -> dict[str, Any]:
         """docs/conventions.md §7 (iterations, converged, final_residual) plus the residual per iteration."""
@@ -112,6 +143,7 @@ class MeanFieldResult:
             "residuals_purchases": [float(r) for r in self.residuals_purchases],
             "alpha": self.alpha,
             "epsilon": self.epsilon,
+            "sample_seed": self.sample_seed,
             "seconds_per_iteration": float(np.mean(self.seconds or [0.0])),
             "signal_seconds_per_iteration": float(np.mean(self.signal_seconds or [0.0])),
             "engine_seconds_per_iteration": float(np.mean(self.engine_seconds or [0.0])),
@@ -205,14 +237,72 @@ def state_of(
     occasions: pl.DataFrame,
     history: MarketHistory | None = None,
     options: pl.DataFrame | None = None,
+    weights: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The state (STATE_COLUMNS) of decisions or choices: per (product, day) the sum of probabilities, of
     prob x expected_qty and of prob x price, OTHER left out; plus the history's background when given (the
-    whole market's m; without it only the occasions' part)."""
+    whole market's m; without it only the occasions' part). weights (occasion_id, weight): each occasion's
+    part counts `weight` times (an occasion without a row counts once; check_weights makes them complete)."""
     c = choices_of(decisions, options).filter(pl.col("product_id") != OTHER)
     c = c.join(occasions.select("occasion_id", "day"), on="occasion_id").rename({"prob": "purchases"})
+    if weights is not None:
+        c = c.join(weights.select("occasion_id", "weight"), on="occasion_id", how="left")
+        c = c.with_columns(pl.col(VALUES) * pl.col("weight").cast(pl.Float64).fill_null(1.0))
     parts = [c.select(STATE_COLUMNS)] + ([history.background] if history is not None else [])
     return pl.concat(parts).group_by("product_id", "day").agg(pl.col(VALUES).sum()).sort("product_id", "day")
+
+
+def check_weights(weights: pl.DataFrame, occasions: pl.DataFrame) -> pl.DataFrame:
+    """occasion_id, weight (Float64) of every occasion; ValueError for a missing, repeated, null, negative or
+    non-finite weight."""
+    missing = {"occasion_id", "weight"} - set(weights.columns)
+    if missing:
+        raise ValueError(f"weights lack columns {sorted(missing)}")
+    w = weights.select("occasion_id", pl.col("weight").cast(pl.Float64))
+    if w["occasion_id"].is_duplicated().any():
+        raise ValueError("weights repeat an occasion_id")
+    lacking = occasions.select("occasion_id").join(w, on="occasion_id", how="anti").height
+    if lacking:
+        raise ValueError(f"{lacking} occasions have no weight")
+    bad = w.filter(pl.col("weight").is_null() | ~pl.col("weight").is_finite() | (pl.col("weight") < 0))
+    if bad.height:
+        raise ValueError(f"{bad.height} weights are null, negative or not finite (e.g. {bad.row(0)})")
+    return w
+
+
+def occasion_uniforms(occasion_ids, seed: int) -> pl.DataFrame:
+    """occasion_id, _u: each occasion's common random number of sample mode, int(md5("{seed}|{occasion_id}")
+    [:13], 16) / 16**13 in [0, 1) (module docstring); the seed written as a plain integer."""
+    ids = pl.Series("occasion_id", occasion_ids, dtype=pl.Utf8).unique(maintain_order=True)
+    scale = float(16**UNIFORM_HEX)
+    u = [
+        int(hashlib.md5(f"{int(seed)}|{o}".encode()).hexdigest()[:UNIFORM_HEX], 16) / scale
+        for o in ids.to_list()
+    ]
+    return pl.DataFrame({"occasion_id": ids, "_u": pl.Series(u, dtype=pl.Float64)})
+
+
+def sample_decisions(decisions: pl.DataFrame, uniforms: pl.DataFrame) -> pl.DataFrame:
+    """The decisions of one draw per occasion (module docstring, sample mode): the same rows in the same order,
+    prob one-hot on the drawn option and the engine's prob in prob_model. uniforms: occasion_uniforms."""
+    d = decisions.drop("prob_model", strict=False).with_row_index("_row")
+    s = d.sort("occasion_id", "product_id").join(
+        uniforms.select("occasion_id", "_u"), on="occasion_id", how="left", maintain_order="left"
+    )
+    if s["_u"].is_null().any():
+        raise ValueError("an occasion of the decisions has no uniform")
+    cum = pl.col("prob").cum_sum().over("occasion_id")
+    s = s.with_columns(_c=cum).with_columns(_t=pl.col("_c").last().over("occasion_id"))
+    # the first option whose cumulative prob exceeds u x total; the row that reaches the total is the fallback
+    hit = (pl.col("_c") > pl.col("_u") * pl.col("_t")) | (pl.col("_c") >= pl.col("_t"))
+    s = s.with_columns(_hit=hit).with_columns(
+        _pick=pl.col("_hit") & (pl.col("_hit").cast(pl.Int64).cum_sum().over("occasion_id") == 1)
+    )
+    cols = [c for c in d.columns if c != "_row"]
+    return s.sort("_row").select(
+        *[pl.col("_pick").cast(pl.Float64).alias("prob") if c == "prob" else pl.col(c) for c in cols],
+        prob_model=pl.col("prob").cast(pl.Float64),
+    )
 
 
 def _damp(prev: pl.DataFrame, new: pl.DataFrame, alpha: float) -> pl.DataFrame:
@@ -386,29 +476,42 @@ def run_mean_field(
     own_history: bool = False,
     mean_field: bool = True,
     log: Callable[[str], Any] = print,
+    sample_seed: int | None = None,
+    weights: pl.DataFrame | None = None,
 ) -> MeanFieldResult:
     """The damped fixed point m = F(m) from m_0 = observed (module docstring). mean_field=False: one engine pass
-    on the options as given (the signals stay observed), iterations 0."""
+    on the options as given (the signals stay observed), iterations 0. sample_seed: sample mode (one draw per
+    occasion, prob one-hot, the engine's prob in prob_model); None: expected mode. weights (occasion_id,
+    weight): each occasion counts `weight` times in the market state; None: once."""
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     opts = with_other_rows(options)
-    if not mean_field:
-        decisions = engine.decide(opts)
+    w = None if weights is None else check_weights(weights, occasions)
+    uniforms = None if sample_seed is None else occasion_uniforms(occasions["occasion_id"], sample_seed)
+
+    def drawn(decisions: pl.DataFrame) -> pl.DataFrame:
         check_decisions(opts, decisions)
-        state = state_of(choices_of(decisions, opts), occasions, pre_history)
-        return MeanFieldResult(decisions, state, alpha=alpha, epsilon=epsilon)
+        return decisions if uniforms is None else sample_decisions(decisions, uniforms)
+
+    result = MeanFieldResult(
+        decisions=pl.DataFrame(), state=pl.DataFrame(), alpha=alpha, epsilon=epsilon, sample_seed=sample_seed
+    )
+    if not mean_field:
+        result.decisions = drawn(engine.decide(opts))
+        result.state = state_of(choices_of(result.decisions, opts), occasions, pre_history, weights=w)
+        return result
     choices = pre_history.heads
-    state = state_of(choices, occasions, pre_history)
-    result = MeanFieldResult(decisions=pl.DataFrame(), state=state, alpha=alpha, epsilon=epsilon)
+    state = state_of(choices, occasions, pre_history, weights=w)
+    result.state = state
     for k in range(max_iter):
         t0 = time.perf_counter()
         signals = signals_from_state(opts, occasions, state, pre_history, choices, own_history)
         t1 = time.perf_counter()
         decisions = engine.decide(signals)
         t2 = time.perf_counter()
-        check_decisions(opts, decisions)
+        decisions = drawn(decisions)
         choices = _damp(choices, choices_of(decisions, opts), alpha)
-        nxt = state_of(choices, occasions, pre_history)
+        nxt = state_of(choices, occasions, pre_history, weights=w)
         res = fixed_point_residual(nxt, state)
         res_p = fixed_point_residual(*(f.with_columns(units="purchases") for f in (nxt, state)))
         state = nxt
