@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whatif", help="run a what-if scenario (YAML) through the market simulation and print its effects"
     )
     w.add_argument("scenario", help="a scenario YAML (scenarios/README.md)")
-    w.add_argument("--engine", help="a market engine (default: hybrid when registered, else clogit)")
+    w.add_argument("--engine", help="a market engine (llm, hybrid (default), clogit, clogit6, lgbm)")
     w.add_argument("--weeks", type=int, help="the period's first N ISO weeks (default 8; 0 = all)")
     w.add_argument("--customers", type=int, help="a seeded sample of N customers (default 0 = all)")
     w.add_argument("--config", action="append", metavar="FIELD=VALUE", help="override a whatif config field")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from resources.engine import Engine
 
 BACKENDS = ("hf", "vllm")
+FIELDS = ("backend", "model", "adapter", "dtype", "batch_size", "threads", "prefix_reuse", "device")
 _ENGINES: dict[tuple, Engine] = {}
 
 
@@ -63,6 +64,29 @@ class LLMResource(dg.ConfigurableResource):
             raise LLMConfigError(
                 f"LLMResource.batch_size is {self.batch_size}: use a positive number such as 16"
             )
+
+    def with_adapter(self, adapter: str) -> LLMResource:
+        """The same settings with another adapter ("" keeps this resource's own)."""
+        return LLMResource(**{**{k: getattr(self, k) for k in FIELDS}, "adapter": adapter or self.adapter})
+
+    def model_info(self) -> dict[str, str]:
+        """What changes a score (the backend, the resolved model, the adapter and its weights' sha256, the
+        dtype), for caches and lineage; batch size and threads do not change it."""
+        from pathlib import Path
+
+        from resources.models import resolve_model
+        from resources.warehouse import sha256_file
+
+        weights = (
+            [p for p in Path(self.adapter).glob("adapter_model.*") if p.is_file()] if self.adapter else []
+        )
+        return {
+            "backend": self.backend,
+            "model": str(resolve_model(self.model)),
+            "adapter": self.adapter,
+            "adapter_sha256": sha256_file(weights[0]) if weights else "",
+            "dtype": self.dtype,
+        }
 
     def get_engine(self) -> Engine:
         """The engine for these settings (HFEngine or VLLMEngine), loaded once per process."""

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from assets.market import MarketSimulationConfig, market_simulation, run
+from resources.llm import LLMResource
 from tests.test_market_occasions import make_warehouse
 
 ENGINES = ["clogit", "persistence"]
@@ -30,7 +31,7 @@ def materialized(tmp_path_factory):
     )
     result = dg.materialize(
         [market_simulation],
-        resources={"duckdb": warehouse(str(d / "w.duckdb")), "mlflow": mlflow},
+        resources={"duckdb": warehouse(str(d / "w.duckdb")), "mlflow": mlflow, "llm": LLMResource()},
         run_config=dg.RunConfig({"market_simulation": MarketSimulationConfig(engines=ENGINES, weeks=2)}),
     )
     yield result, d / "w.duckdb"

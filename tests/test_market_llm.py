@@ -263,3 +263,42 @@ def test_injected_description_stays_in_its_field(warehouse, context, tiny_engine
     ]
     u = tiny_engine.score_options(dirty["prefix"][i], [d, c])
     assert np.isfinite(u).all()
+
+
+def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse, tiny_engine):
+    """llm and hybrid through run.simulate_market (the registry builds clogit once for both); their scores go
+    to market_llm_cache and a second run with the same model scores nothing new; without a language model
+    the engines answer in one line."""
+    from assets.market import run
+
+    info = {"backend": "hf", "model": "tiny", "adapter": "", "adapter_sha256": "", "dtype": "float32"}
+    counting = Counting(tiny_engine)
+    knobs = dict(
+        period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
+        epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30,
+        m_options=MARKET["m_options"],
+    )  # fmt: skip
+    settings = run.MarketSettings(**knobs, engines=["llm", "hybrid"], llm_engine=lambda: (counting, info))
+    fits: list[str] = []
+    first = run.simulate_market(warehouse, settings, log=fits.append)
+    assert set(first.metrics["engine"]) == {"llm", "hybrid"}
+    assert first.metrics.filter(pl.col("mean_field"))["converged"].all()
+    assert sum("OTHER constant" in line and line.startswith("clogit") for line in fits) == 1  # clogit once
+    stored = warehouse.execute("select count(*) from market_llm_cache").fetchone()[0]
+    assert stored == first.engine_stats["llm"]["cached"] > 0
+    n = counting.options
+    second = run.simulate_market(warehouse, settings, log=lambda _: None)
+    assert counting.options == n  # every prompt (val fit and test market) came from the warehouse
+    assert second.engine_stats["llm"]["loaded"] == stored and second.engine_stats["llm"]["scored"] == 0
+    assert warehouse.execute("select count(*) from market_llm_cache").fetchone()[0] == stored
+    a, b = (r.metrics.drop("seconds") for r in (first, second))
+    assert a.to_dicts() == b.to_dicts()
+    other = run.MarketSettings(
+        **knobs, engines=["hybrid"], llm_engine=lambda: (counting, {**info, "dtype": "bf16"})
+    )
+    run.simulate_market(warehouse, other, log=lambda _: None)
+    assert counting.options > n  # another model key: scored anew
+    with pytest.raises(ValueError, match="need a language model") as e:
+        run.simulate_market(warehouse, run.MarketSettings(**knobs, engines=["llm"]), log=lambda _: None)
+    assert "\n" not in str(e.value)
+    build_market_occasions(warehouse, period="test", customers=6, **MARKET)  # the module's market again

@@ -19,6 +19,7 @@ import pytest
 from assets.market import WhatIfConfig, run, whatif
 from assets.market.classic import fit_classic_engines
 from assets.market.scenario import load_scenario
+from resources.llm import LLMResource
 from tests.test_market_occasions import make_warehouse, synthetic  # noqa: F401 - synthetic is a fixture
 
 OTHER = "other"
@@ -162,7 +163,7 @@ def test_asset_materializes_with_metadata_and_plots(small, monkeypatch):
     config = WhatIfConfig(scenario=str(small / "good.yaml"), engine="clogit", weeks=0, bootstrap=20, top_k=3)
     result = dg.materialize(
         [whatif],
-        resources={"duckdb": warehouse(str(small / "w.duckdb")), "mlflow": mlflow},
+        resources={"duckdb": warehouse(str(small / "w.duckdb")), "mlflow": mlflow, "llm": LLMResource()},
         run_config=dg.RunConfig({"whatif": config}),
     )
     assert result.success

@@ -18,8 +18,25 @@ from dagster_duckdb import DuckDBResource
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
 from assets.market import run
 from assets.market import whatif as wi
+from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
+
+
+def llm_engine_provider(llm: LLMResource, conn, use_adapter: bool, log=print):
+    """() -> (Engine, model info) for the llm and hybrid engines: the newest adapter of lora_adapters when
+    use_adapter and it fits the resource's model (as retail_decisions chooses it), else the model zero-shot.
+    The adapter is chosen now; the model loads only when an LLM engine is built."""
+    from assets.simulation import plan
+
+    adapter, reason = plan.choose_adapter(plan.latest_adapter(conn), llm.model, use_adapter)
+
+    def provide():
+        res = llm.with_adapter(adapter)
+        log(f"market: language model {res.model}, adapter {adapter or 'none'} ({reason})")
+        return res.get_engine(), {**res.model_info(), "adapter_reason": reason}
+
+    return provide
 
 
 class MarketSimulationConfig(dg.Config):
@@ -40,6 +57,10 @@ class MarketSimulationConfig(dg.Config):
     max_iter: int = 60  # passes at most (D + 1 = 57 for 8 weeks)
     own_history: bool = False  # also recompute the customer's own-history columns (signals about 8x slower)
     seed: int = 0  # the customer sample's seed and the baseline models' seed (as baseline_report's)
+    use_adapter: bool = True  # llm / hybrid: the newest lora_adapters adapter; zero-shot when off or none
+    # llm / hybrid: the val market occasions scored to fit OTHER's constants and the hybrid's weights, the
+    # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
+    llm_val_occasions: int = 2000
 
 
 @dg.asset(
@@ -52,14 +73,17 @@ def market_simulation(
     config: MarketSimulationConfig,
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
+    llm: LLMResource,
 ) -> dg.MaterializeResult:
     """The market simulation of a period (docs/evaluation-protocol.md "Market-level evaluation"): occasions and
     consideration sets (tables market_occasions, market_options), each engine run with and without the mean
     field and scored on share_jsd_cw / units_wape_pw against the actual units next to persistence (tables
     market_metrics, market_units, market_residuals), a metrics plot, a residual plot and an MLflow run."""
-    settings = run.MarketSettings(**config.model_dump())
+    cfg = config.model_dump()
     out_dir = data_dir() / "market" / context.run.run_id
     with duckdb.get_connection() as conn:
+        provider = llm_engine_provider(llm, conn, config.use_adapter, log=context.log.info)
+        settings = run.MarketSettings(**cfg, llm_engine=provider)
         result = run.simulate_market(conn, settings, log=context.log.info)
         run.write_market_tables(conn, result)
         plots = run.plot_report(result, out_dir)
@@ -77,6 +101,7 @@ def market_simulation(
             "occasions": result.summary["occasions"],
             "coverage": float(result.summary["coverage"]),
             **{f"seconds/{k}": float(v) for k, v in result.timings.items() if not k.startswith("run:")},
+            **{f"llm_cache/{n}/{k}": v for n, st in result.engine_stats.items() for k, v in st.items()},
         }
         if result.results:  # docs/conventions.md section 7, for the engine of the residual plot
             name, res = next(iter(result.results.items()))
@@ -91,14 +116,11 @@ def market_simulation(
     return dg.MaterializeResult(metadata=meta)
 
 
-def _default_whatif_engine() -> str:
-    """'hybrid' when an engine family registered it (assets/market/llm.py), else 'clogit'."""
-    return "hybrid" if "hybrid" in run.ENGINES else "clogit"
-
-
 class WhatIfConfig(dg.Config):
     scenario: str = "scenarios/synth_price_rise.yaml"  # the scenario YAML (scenarios/README.md)
-    engine: str = ""  # a name of run.ENGINES; empty = 'hybrid' when registered, else 'clogit'
+    # a name of run.ENGINES: 'hybrid' (the aligned LLM with clogit, the default), 'llm', or a classic control
+    # ('clogit', 'clogit6', 'lgbm': the fast path)
+    engine: str = "hybrid"
     period: str = "test"  # the simulated period: 'train', 'val' or 'test'
     category_ids: list[str] = []  # these categories; empty = the scenario's affected categories
     weeks: int = 8  # the period's first N ISO weeks; 0 = all
@@ -112,6 +134,10 @@ class WhatIfConfig(dg.Config):
     top_k: int = 10  # the elasticity matrix's products: the category's top K by baseline units (0 = none)
     elasticity_categories: int = 1  # the first N affected categories get an elasticity matrix
     seed: int = 0  # the customer sample, the baseline fit and the bootstrap's seed
+    use_adapter: bool = True  # llm / hybrid: the newest lora_adapters adapter; zero-shot when off or none
+    # llm / hybrid: the val market occasions scored to fit OTHER's constants and the hybrid's weights, the
+    # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
+    llm_val_occasions: int = 2000
 
 
 @dg.asset(
@@ -124,6 +150,7 @@ def whatif(
     config: WhatIfConfig,
     duckdb: DuckDBResource,
     mlflow: MlflowResource,
+    llm: LLMResource,
 ) -> dg.MaterializeResult:
     """A what-if scenario (scenarios/*.yaml) through the market simulation: the market with and without its
     interventions, both through the mean field; per product and category the change in units, revenue and
@@ -133,13 +160,14 @@ def whatif(
     from assets.market.scenario import load_scenario
 
     cfg = config.model_dump()
-    settings = wi.WhatIfSettings(
-        **{k: v for k, v in cfg.items() if k not in ("scenario", "category_ids", "engine")},
-        engine=config.engine or _default_whatif_engine(),
-        category_ids=tuple(config.category_ids),
-    )
     out_dir = data_dir() / "market" / "whatif" / context.run.run_id
     with duckdb.get_connection() as conn:
+        settings = wi.WhatIfSettings(
+            **{k: v for k, v in cfg.items() if k not in ("scenario", "category_ids", "engine")},
+            engine=config.engine,
+            category_ids=tuple(config.category_ids),
+            llm_engine=llm_engine_provider(llm, conn, config.use_adapter, log=context.log.info),
+        )
         scenario = load_scenario(config.scenario, conn)  # one line naming the fix, before any work
         result = wi.run_whatif(conn, scenario, settings, log=context.log.info)
         wi.write_whatif_tables(conn, result)

@@ -20,7 +20,10 @@ LLMChoiceEngine (an occasion = its consideration set plus the outside option OTH
   as retail_decisions does) and puts the answer's mean (the expectation the market adds up) on that row.
 - cache: utility by prompt text (128-bit blake2b digest of prefix + suffix), so the mean field's passes score
   only options whose prompt changed (a signal or rank in the option line; the history line is in the prefix
-  and changes the whole occasion). stats() gives the hit rate.
+  and changes the whole occasion). stats() gives the hit rate. With a `store_key` (model_key of the model,
+  adapter and dtype) the cache also lives in the warehouse table market_llm_cache: load(conn) reads the
+  entries of that key, save(conn) appends the new ones, so a what-if after the market simulation, or a second
+  materialization, scores only the prompts it has not seen with the same model.
 
 HybridChoiceEngine: u = a u_llm + b s_base (s_base = ClassicEngine.scores, raw); (a, b) by
 calibration.fit_hybrid on the sampled val market occasions whose actual product is in the set (the choice
@@ -30,6 +33,7 @@ within the set, as on episodes), then OTHER's constants refitted on the hybrid's
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -60,6 +64,17 @@ OCCASION_COLUMNS = ("customer_id", "category", "day")
 def prompt_key(text: str) -> bytes:
     """The cache key of a prompt: the 128-bit blake2b digest of its text."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+CACHE_TABLE = "market_llm_cache"
+MODEL_INFO_FIELDS = ("backend", "model", "adapter", "adapter_sha256", "dtype")
+
+
+def model_key(info: dict[str, Any]) -> str:
+    """The persistent cache's key of a model: 16 hex digits of the sha256 of MODEL_INFO_FIELDS of `info`
+    (what changes a score: the backend, the model, the adapter's weights, the dtype; batch size does not)."""
+    text = json.dumps({k: str(info.get(k, "")) for k in MODEL_INFO_FIELDS}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # --- what the prompts need from the warehouse ----------------------------------------------------------
@@ -196,14 +211,60 @@ class LLMChoiceEngine(ChoiceEngine):
     log_every_s: float = 30.0
     name: str = "llm"
     info: dict[str, Any] = field(default_factory=dict)
+    store_key: str = ""  # the warehouse cache's key (model_key); "" = the cache lives in memory only
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
             raise ValueError(f"quantity must be one of {QUANTITIES}, got {self.quantity!r}")
         self.cache: dict[bytes, float] = {}
         self.qty_cache: dict[bytes, float] = {}
+        self._stored: set[tuple[str, bytes]] = set()  # (kind, key) already in the warehouse
         self.counts = dict.fromkeys(("lookups", "hits", "scored", "qty_lookups", "qty_hits", "qty_scored"), 0)
+        self.counts["loaded"] = 0
         self.seconds = 0.0
+
+    def _caches(self) -> dict[str, dict[bytes, float]]:
+        return {"utility": self.cache, "qty": self.qty_cache}
+
+    def load(self, conn) -> int:
+        """Read the warehouse cache's entries of store_key into the memory caches; the number read."""
+        if not self.store_key or not table_exists(conn, CACHE_TABLE):
+            return 0
+        rows = conn.execute(
+            f"select kind, prompt_key, value from {CACHE_TABLE} where engine_key = ?", [self.store_key]
+        ).fetchall()
+        caches = self._caches()
+        for kind, key, value in rows:
+            if kind in caches:
+                caches[kind][bytes(key)] = float(value)
+                self._stored.add((kind, bytes(key)))
+        self.counts["loaded"] += len(rows)
+        return len(rows)
+
+    def save(self, conn) -> int:
+        """Append the memory caches' entries the warehouse does not hold yet (under store_key); the number."""
+        if not self.store_key:
+            return 0
+        new = [
+            (self.store_key, kind, key, value)
+            for kind, cache in self._caches().items()
+            for key, value in cache.items()
+            if (kind, key) not in self._stored
+        ]
+        if not new:
+            return 0
+        conn.execute(load_sql(f"market/{CACHE_TABLE}"))
+        frame = pl.DataFrame(
+            new, schema={"engine_key": pl.Utf8, "kind": pl.Utf8, "prompt_key": pl.Binary, "value": pl.Float64},
+            orient="row",
+        )  # fmt: skip
+        conn.register("staged_market_llm_cache", frame.to_arrow())
+        try:
+            conn.execute(load_sql("market/insert_market_llm_cache"))
+        finally:
+            conn.unregister("staged_market_llm_cache")
+        self._stored.update((kind, key) for _, kind, key, _ in new)
+        return len(new)
 
     def prompts(self, options: pl.DataFrame) -> pl.DataFrame:
         """occasion_id, product_id, prefix, suffix of every product row of `options` (what is scored)."""
@@ -348,6 +409,9 @@ class HybridChoiceEngine(ChoiceEngine):
     def stats(self) -> dict[str, float]:
         return self.llm.stats()
 
+    def save(self, conn) -> int:
+        return self.llm.save(conn)
+
 
 # --- fitting on validation market occasions -----------------------------------------------------------
 
@@ -378,7 +442,7 @@ def fit_llm_engines(
     classic: C.ClassicEngine | None = None, m_options: int = 20, own_max: int = 10, history_days: int = 28,
     window_days: int = 14, prior_sd: float = 1.0, include_style: bool = True, include_signals: bool = True,
     quantity: str = "rule", qty_engine: Any = None, name: str = "llm", chunk_occasions: int = 64,
-    log: Callable[[str], Any] = print,
+    log: Callable[[str], Any] = print, model_info: dict[str, Any] | None = None,
 ) -> dict[str, ChoiceEngine]:  # fmt: skip
     """{"llm": LLMChoiceEngine, "hybrid": HybridChoiceEngine}, ready for the warehouse's market (its occasions
     are in their prompt context).
@@ -388,7 +452,9 @@ def fit_llm_engines(
     quantities). The val period's market is built with the market knobs given (the warehouse's market tables
     are set aside and restored). Scoring is the cost: only the val_occasions_limit occasions with the smallest
     md5("{seed}|{occasion_id}") are scored (0: all). On those: OTHER's constants for the LLM, (a, b) of the
-    hybrid, then OTHER's constants for the hybrid."""
+    hybrid, then OTHER's constants for the hybrid. `model_info` (MODEL_INFO_FIELDS of the model behind
+    `engine`): the utilities are cached in the warehouse under model_key(model_info) and read from it first
+    (the val scoring of a second fit with the same model costs nothing); None: in memory only."""
     t0 = time.perf_counter()
     if classic is None:
         classic = C.fit_classic_engines(
@@ -412,8 +478,11 @@ def fit_llm_engines(
     llm = LLMChoiceEngine(
         engine, ctx, other_qty=classic.other_qty, include_style=include_style, quantity=quantity,
         include_signals=include_signals, qty_engine=qty_engine, chunk_occasions=chunk_occasions, log=log,
-        name=name,
+        name=name, store_key=model_key(model_info) if model_info else "",
     )  # fmt: skip
+    if llm.load(conn):
+        log(f"{name}: {llm.counts['loaded']} cached scores of this model read from {CACHE_TABLE}")
+    llm.info.update({f"model/{k}": str(v) for k, v in (model_info or {}).items()})
     prod = vframe.filter(pl.col("product_id") != OTHER)
     log(f"{name}: scoring {len(keep)} of {len(ids)} val market occasions ({prod.height} options)")
     t1 = time.perf_counter()
@@ -440,6 +509,7 @@ def fit_llm_engines(
     common = {"n_val_occasions": occ.height, "n_val_options": prod.height, "fit_other_share": share}
     llm.info.update(common, other_constant=llm.other_constant, seconds_val_scoring=round(seconds, 2))
     hybrid.info.update(common, other_constant=hybrid.other_constant, **hfit.as_metadata())
+    llm.save(conn)  # the val scores, for the next fit with this model
     log(
         f"{name}: OTHER constant {llm.other_constant:+.3f} ({len(llm.other_by_category)} categories), "
         f"{seconds:.1f} s scoring ({prod.height / max(seconds, 1e-9):.1f} options/s); {hybrid.name}: a "

@@ -3,12 +3,15 @@ consideration sets of a period, fit the engines, run each engine with and withou
 every run against the actual units, next to persistence. Plain functions, no dagster import; the asset
 market_simulation (assets/market/__init__.py) wires them.
 
-The engine registry is ENGINES, a plain dict name -> EngineSpec(build, mean_field). `build(conn, names,
+The engine registry is ENGINES, a plain dict name -> EngineSpec(build, mean_field, needs). `build(conn, names,
 settings, log)` returns {name: ChoiceEngine} for every name of `names` it serves; names sharing one build
-function are built by one call (the classic engines share one fit of the baseline models). Another engine
-family (the LLM, the hybrids) adds itself with register_engine("llm", build_llm) or ENGINES["llm"] = ...
-mean_field=False marks an engine that does not read the market's signals (persistence reads the observed
-history only): it runs once, without the mean field.
+function are built by one call (the classic engines share one fit of the baseline models). A spec with
+`needs` (the LLM family needs its base engine, clogit) is built after those and called with a fifth
+argument, the engines built so far, so that a base asked for in the same run is fitted once. Another engine
+family adds itself with register_engine(name, build). mean_field=False marks an engine that does not read the
+market's signals (persistence reads the observed history only): it runs once, without the mean field.
+The LLM engines (llm, hybrid) need a language model: settings.llm_engine, a callable the asset fills from its
+llm resource (assets/market/__init__.py); without it they answer with a one-line error naming the fix.
 
 Readings that needed a choice:
 - A run "without mean field" is one engine pass on the options as built (the signals observed);
@@ -102,6 +105,12 @@ class MarketSettings:
     max_iter: int  # mean-field passes at most
     own_history: bool  # the mean field also recomputes the customer's own-history columns
     seed: int  # customer sample and baseline fit seed
+    use_adapter: bool  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
+    llm_val_occasions: int  # llm / hybrid: val market occasions scored to fit OTHER and the hybrid (0 = all)
+    # () -> (Engine, info) of the language model for the llm and hybrid engines (market_llm_engine's), or None
+    llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def occasion_filters(self) -> dict[str, Any]:
         """build_market_occasions' filters: an int N, a list of ids, or None (no filter)."""
@@ -118,8 +127,9 @@ EngineBuild = Callable[[Any, Sequence[str], MarketSettings, Callable[[str], Any]
 
 @dataclass(frozen=True)
 class EngineSpec:
-    build: EngineBuild  # (conn, the names it serves in this run, settings, log) -> {name: engine}
+    build: EngineBuild  # (conn, the names it serves in this run, settings, log[, built]) -> {name: engine}
     mean_field: bool = True  # False: the engine reads no market signal; one run without the mean field
+    needs: tuple[str, ...] = ()  # engines built first and passed to build as `built` (module docstring)
 
 
 def _classic(conn, names, settings: MarketSettings, log) -> dict[str, ChoiceEngine]:
@@ -133,17 +143,40 @@ def _persistence(conn, names, settings: MarketSettings, log) -> dict[str, Choice
     return {"persistence": PersistenceEngine(load_history(conn), HISTORY_DAYS)}
 
 
+def _llm(conn, names, settings: MarketSettings, log, built) -> dict[str, ChoiceEngine]:
+    from assets.market.llm import fit_llm_engines
+
+    if settings.llm_engine is None:
+        raise ValueError(
+            f"engines {list(names)} need a language model: run them through the market_simulation or whatif "
+            "asset (its llm resource), or give MarketSettings.llm_engine"
+        )
+    engine, info = settings.llm_engine()
+    fitted = fit_llm_engines(
+        conn, engine, base=LLM_BASE, seed=settings.seed, classic=built.get(LLM_BASE),
+        val_occasions_limit=settings.llm_val_occasions,
+        m_options=settings.m_options, history_days=HISTORY_DAYS, log=log, model_info=info,
+    )  # fmt: skip
+    return {n: fitted[n] for n in names if n in fitted}
+
+
+LLM_BASE = "clogit"  # the hybrid's classic half and the source of OTHER's quantities for the LLM
 ENGINES: dict[str, EngineSpec] = {
     "clogit": EngineSpec(_classic),
     "clogit6": EngineSpec(_classic),
     "lgbm": EngineSpec(_classic),
     "persistence": EngineSpec(_persistence, mean_field=False),
+    "llm": EngineSpec(_llm, needs=(LLM_BASE,)),
+    "hybrid": EngineSpec(_llm, needs=(LLM_BASE,)),
 }
+LLM_ENGINES = ("llm", "hybrid")
 
 
-def register_engine(name: str, build: EngineBuild, mean_field: bool = True) -> None:
+def register_engine(
+    name: str, build: EngineBuild, mean_field: bool = True, needs: tuple[str, ...] = ()
+) -> None:
     """Add (or replace) an engine of the registry."""
-    ENGINES[name] = EngineSpec(build, mean_field)
+    ENGINES[name] = EngineSpec(build, mean_field, tuple(needs))
 
 
 def check_engine_names(names: Sequence[str]) -> list[str]:
@@ -159,13 +192,27 @@ def check_engine_names(names: Sequence[str]) -> list[str]:
 def build_engines(conn, names: Sequence[str], settings: MarketSettings, log=print) -> dict[str, ChoiceEngine]:
     """{name: engine} for `names` (ENGINES), in their order; one build call per build function."""
     names = check_engine_names(names)
+    needed = [d for n in names for d in ENGINES[n].needs if d not in names]
+    todo = [*dict.fromkeys(needed), *names]
     built: dict[str, ChoiceEngine] = {}
-    for build in dict.fromkeys(ENGINES[n].build for n in names):
-        built |= build(conn, [n for n in names if ENGINES[n].build is build], settings, log)
+    for phase in (False, True):  # the specs without needs first
+        for build in dict.fromkeys(ENGINES[n].build for n in todo if bool(ENGINES[n].needs) is phase):
+            served = [n for n in todo if ENGINES[n].build is build]
+            built |= (
+                build(conn, served, settings, log, built) if phase else build(conn, served, settings, log)
+            )
     missing = [n for n in names if n not in built]
     if missing:
         log(f"market: engines {missing} could not be built (nothing to fit on): left out")
     return {n: built[n] for n in names if n in built}
+
+
+def save_engines(conn, engines: dict[str, ChoiceEngine]) -> None:
+    """Let every engine that keeps state across runs (the LLM's utility cache) write it to the warehouse."""
+    for engine in engines.values():  # an engine saved twice (hybrid and llm share a cache) appends nothing
+        save = getattr(engine, "save", None)
+        if callable(save):
+            save(conn)
 
 
 @dataclass
@@ -179,6 +226,7 @@ class MarketRun:
     results: dict[str, meanfield.MeanFieldResult] = field(default_factory=dict)  # mean-field runs (no frames)
     summary: dict[str, Any] = field(default_factory=dict)  # market_summary of the period's occasions
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    engine_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # the LLM's cache counts per engine
 
 
 def _score(decisions: pl.DataFrame, occ_cw: pl.DataFrame, act_units: pl.DataFrame):
@@ -273,6 +321,7 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
                 f"{name} ({'with' if mf else 'without'} mean field): share_jsd_cw {jsd:.4f}, units_wape_pw "
                 f"{wape:.4f}, {res.iterations} iterations, {seconds:.1f} s"
             )
+    save_engines(conn, engines)
     return MarketRun(
         metrics=pl.DataFrame(rows, schema=METRICS_SCHEMA),
         cells=_stack(cells, CELLS_SCHEMA),
@@ -281,6 +330,7 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
         results=results,
         summary=summary,
         timings=timings,
+        engine_stats={n: e.stats() for n, e in engines.items() if callable(getattr(e, "stats", None))},
     )
 
 

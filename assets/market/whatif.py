@@ -74,6 +74,12 @@ class WhatIfSettings:
     elasticity_epsilon: float = 1e-4  # the warm-started runs' mean-field threshold
     confidence: float = 0.95
     seed: int = 0
+    use_adapter: bool = True  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
+    llm_val_occasions: int = 2000  # llm / hybrid: val market occasions scored for their fit (0 = all)
+    # () -> (Engine, model info) for the llm and hybrid engines (run.MarketSettings.llm_engine), or None
+    llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def market(self, categories: list[str]) -> run.MarketSettings:
         same = (
@@ -86,9 +92,11 @@ class WhatIfSettings:
             "max_iter",
             "own_history",
             "seed",
+            "use_adapter",
+            "llm_val_occasions",
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
-        return run.MarketSettings(**kw, customer_ids=[], engines=[self.engine])
+        return run.MarketSettings(**kw, customer_ids=[], engines=[self.engine], llm_engine=self.llm_engine)
 
 
 @dataclass
@@ -360,6 +368,7 @@ def run_whatif(
         gone = set(was.filter(pl.col("len_a").fill_null(0) < pl.col("len"))["product_id"]) & set(base_ids)
         div.append(diversion_frame(i, base_rows, occasion_rows(res.decisions, opts), gone))
     lap("diversion")
+    run.save_engines(conn, {s.engine: engine})
     key = {"scenario": pl.lit(scenario.name), "engine": pl.lit(s.engine)}
     stack = [(effects, EFFECTS_SCHEMA), (elasticities, ELASTICITIES_SCHEMA), (div, DIVERSION_SCHEMA)]
     frames = [_keyed(f, key, sch) for f, sch in stack]
@@ -369,6 +378,7 @@ def run_whatif(
         "customers": occasions["customer_id"].n_unique(), "bootstrap": s.bootstrap,
         "baseline": base.metadata(), "after": after.metadata(),
         "diversion_sums": sums.sort("delisting", "category").to_dicts(),
+        **({"engine_stats": engine.stats()} if callable(getattr(engine, "stats", None)) else {}),
     }  # fmt: skip
     return WhatIfResult(*frames, summary=summary, timings=timings)
 

@@ -19,8 +19,6 @@ from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
 
-LLM_FIELDS = ("backend", "model", "adapter", "dtype", "batch_size", "threads", "prefix_reuse", "device")
-
 
 class RetailDecisionsConfig(dg.Config):
     period: str = (
@@ -103,8 +101,7 @@ def retail_decisions(
 
     def engine_of(path: str):
         if path not in engines:
-            fields = {k: getattr(llm, k) for k in LLM_FIELDS}
-            engines[path] = LLMResource(**{**fields, "adapter": path or llm.adapter}).get_engine()
+            engines[path] = llm.with_adapter(path).get_engine()
         return engines[path]
 
     for spec in runs:
