@@ -276,7 +276,8 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
     knobs = dict(
         period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
         epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30,
-        m_options=MARKET["m_options"],
+        m_options=MARKET["m_options"], calibrate=False, sample_customers=0, sample_engines=[], stability_seeds=0,
+        stability_engines=[],
     )  # fmt: skip
     settings = run.MarketSettings(**knobs, engines=["llm", "hybrid"], llm_engine=lambda: (counting, info))
     fits: list[str] = []

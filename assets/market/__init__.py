@@ -9,14 +9,22 @@ Modules (plain functions, no dagster import; this file holds the thin asset only
 - meanfield.py: the mean field (the market's signals recomputed from the simulated state, to a fixed point);
 - metrics.py: the market-level metrics (share_jsd_cw, units_wape_pw, coverage, persistence, residuals,
   share_cv_cw, expected calibration error, elasticities and diversion ratios);
-- run.py: the engine registry (ENGINES, build_engines), simulate_market, the result tables and the report.
+- calibrate.py: calibration f (temperature and OTHER shift of the probabilities, isotonic quantity);
+- reweight.py: raking a customer sample to the population's segment and category margins;
+- stability.py: sample mode over seeds (share_cv_cw, top-1 agreement);
+- llm.py: the aligned LLM and its hybrid as engines (prompt cache in market_llm_cache);
+- run.py: the engine registry (ENGINES, build_engines), simulate_market and the result tables;
+- report.py: the markdown, metadata values and plots of a run;
+- scenario.py, whatif.py: what-if scenarios through the market simulation.
 """
+
+import json
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
-from assets.market import run
+from assets.market import report, run
 from assets.market import whatif as wi
 from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
@@ -61,6 +69,13 @@ class MarketSimulationConfig(dg.Config):
     # llm / hybrid: the val market occasions scored to fit OTHER's constants and the hybrid's weights, the
     # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
     llm_val_occasions: int = 2000
+    calibrate: bool = True  # also run each engine with its calibration f (fitted on val): table before/after
+    # a seeded sample of N of the customers (a subset of `customers`' sample) on which sample_engines run,
+    # their units counted N_pop / n times ('scaled') and with raked weights ('raked'); 0 = no sample run
+    sample_customers: int = 0
+    sample_engines: list[str] = ["llm", "hybrid", "clogit", "lgbm"]
+    stability_seeds: int = 0  # > 0: sample mode over seeds 0..N-1, with and without the mean field
+    stability_engines: list[str] = ["clogit"]  # names among `engines`
 
 
 @dg.asset(
@@ -77,8 +92,10 @@ def market_simulation(
 ) -> dg.MaterializeResult:
     """The market simulation of a period (docs/evaluation-protocol.md "Market-level evaluation"): occasions and
     consideration sets (tables market_occasions, market_options), each engine run with and without the mean
-    field and scored on share_jsd_cw / units_wape_pw against the actual units next to persistence (tables
-    market_metrics, market_units, market_residuals), a metrics plot, a residual plot and an MLflow run."""
+    field, calibrated or not, and scored on share_jsd_cw / units_wape_pw against the actual units next to
+    persistence (tables market_metrics, market_units, market_residuals); the LLM engines on a raked customer
+    sample; calibration before/after (market_calibration) and stability over seeds (market_stability); plots,
+    the fitted calibrations and raking weights as JSON, and an MLflow run."""
     cfg = config.model_dump()
     out_dir = data_dir() / "market" / context.run.run_id
     with duckdb.get_connection() as conn:
@@ -86,18 +103,22 @@ def market_simulation(
         settings = run.MarketSettings(**cfg, llm_engine=provider)
         result = run.simulate_market(conn, settings, log=context.log.info)
         run.write_market_tables(conn, result)
-        plots = run.plot_report(result, out_dir)
-        csvs = [out_dir / "market_metrics.csv", out_dir / "market_cells.csv"]
-        result.metrics.write_csv(csvs[0])
-        result.cells.write_csv(csvs[1])
-        md = run.metrics_markdown(result.metrics)
+        plots = report.plot_report(result, out_dir)
+        tables = {"metrics": result.metrics, "cells": result.cells, "calibration": result.calibration}
+        csvs = [out_dir / f"market_{k}.csv" for k in (*tables, "stability")]
+        for path, frame in zip(csvs, (*tables.values(), result.stability), strict=True):
+            frame.write_csv(path)
+        fitted = out_dir / "market_fitted.json"  # the calibrations and the raking weights, to load again
+        fitted.write_text(json.dumps(result.fitted, indent=1, sort_keys=True))
+        md = report.report_markdown(result)
         context.log.info("market_simulation:\n" + md)
         meta = {
             **table_metadata(result.metrics),
             "metrics": dg.MetadataValue.md(md),
             **{k: dg.MetadataValue.path(str(p)) for k, p in plots.items()},
             **{f"plot_{k}": v for k, v in artifact_metadata(plots["plot"]).items() if k != "path"},
-            **run.headline_metrics(result.metrics),
+            **report.headline_metrics(result.metrics),
+            **report.table_headlines(result),
             "occasions": result.summary["occasions"],
             "coverage": float(result.summary["coverage"]),
             **{f"seconds/{k}": float(v) for k, v in result.timings.items() if not k.startswith("run:")},
@@ -105,13 +126,18 @@ def market_simulation(
         }
         if result.results:  # docs/conventions.md section 7, for the engine of the residual plot
             name, res = next(iter(result.results.items()))
-            meta |= {"residual_engine": dg.MetadataValue.text(name), "iterations": res.iterations}
+            meta |= {"residual_run": dg.MetadataValue.text(name), "iterations": res.iterations}
             meta |= {
                 "converged": res.converged,
                 "final_residual": float((res.residuals or [float("nan")])[-1]),
             }
         meta |= log_asset_run(
-            mlflow, context, conn, meta, params=config.model_dump(), artifacts=[*plots.values(), *csvs]
+            mlflow,
+            context,
+            conn,
+            meta,
+            params=config.model_dump(),
+            artifacts=[*plots.values(), *csvs, fitted],
         )
     return dg.MaterializeResult(metadata=meta)
 

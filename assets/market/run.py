@@ -13,6 +13,21 @@ market's signals (persistence reads the observed history only): it runs once, wi
 The LLM engines (llm, hybrid) need a language model: settings.llm_engine, a callable the asset fills from its
 llm resource (assets/market/__init__.py); without it they answer with a one-line error naming the fix.
 
+A run is keyed by (engine, population, weighting, calibrated, mean_field):
+- population 'all': the simulated period's customers (settings.customers / customer_ids), weighting 'none';
+- population 'sample' (settings.sample_customers > 0): a seeded sample of those customers (a subset of them,
+  the same md5 order) for the sample engines (the LLM's, whose cost is per occasion), each run twice, its
+  units counted N / n times ('scaled') and with the raked weights (reweight.py: segment and per-category
+  occasion margins of the population; 'raked'). The weights count in the mean field's state too, and the
+  history's background leaves out every population occasion (the weighted sample stands for them). Both are
+  scored against the population's actual units, and vs_population_jsd compares each with the same engine's
+  population run when there is one (the reweighting's error before and after).
+- calibrated: the engine's calibration f (calibrate.py: temperature and OTHER shift on the probabilities,
+  isotonic quantity), fitted on the val market, applied (settings.calibrate); the calibration table gives
+  nll, ECE and quantity MAE before and after on the simulated period's occasions (without the mean field).
+- stability (settings.stability_seeds > 0): sample mode over that many seeds, with and without the mean
+  field, for settings.stability_engines on the population (stability.py): share_cv_cw and top-1 agreement.
+
 Readings that needed a choice:
 - A run "without mean field" is one engine pass on the options as built (the signals observed);
   iterations 0, converged and final_residual null. Persistence has only that run.
@@ -27,14 +42,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from assets.market import meanfield, metrics
+from assets.market import calibrate, meanfield, metrics, reweight, stability
 from assets.market.classic import (
     PersistenceEngine,
+    _market_tables_set_aside,
     fit_classic_engines,
     load_history,
     load_market_actuals,
@@ -46,14 +61,22 @@ from assets.market.occasions import build_market_occasions, market_summary
 from resources.sql import load_sql
 
 HISTORY_DAYS = 28  # the protocol's window (best sellers, pop_28d, persistence): not a knob
-TABLES = ("market_metrics", "market_units", "market_residuals")
-METRICS_SCHEMA = {
+TABLES = ("market_metrics", "market_units", "market_residuals", "market_calibration", "market_stability")
+RUN_KEYS = {
     "engine": pl.Utf8,
+    "population": pl.Utf8,  # 'all' or 'sample'
+    "weighting": pl.Utf8,  # 'none' (population), 'scaled' (N / n) or 'raked' (sample)
+    "calibrated": pl.Boolean,
     "mean_field": pl.Boolean,
+}
+METRICS_SCHEMA = {
+    **RUN_KEYS,
     "share_jsd_cw": pl.Float64,
     "units_wape_pw": pl.Float64,
+    "vs_population_jsd": pl.Float64,  # sample runs: share_jsd_cw against the same engine's population run
     "coverage": pl.Float64,
     "n_occasions": pl.Int64,
+    "n_customers": pl.Int64,
     "sim_units": pl.Float64,
     "actual_units": pl.Float64,
     "iterations": pl.Int64,
@@ -62,8 +85,7 @@ METRICS_SCHEMA = {
     "seconds": pl.Float64,
 }
 UNITS_SCHEMA = {
-    "engine": pl.Utf8,
-    "mean_field": pl.Boolean,
+    **RUN_KEYS,
     "category": pl.Utf8,
     "week": pl.Utf8,
     "product_id": pl.Utf8,
@@ -71,8 +93,7 @@ UNITS_SCHEMA = {
     "actual_units": pl.Float64,
 }
 CELLS_SCHEMA = {
-    "engine": pl.Utf8,
-    "mean_field": pl.Boolean,
+    **RUN_KEYS,
     "category": pl.Utf8,
     "week": pl.Utf8,
     "sim_units": pl.Float64,
@@ -80,12 +101,14 @@ CELLS_SCHEMA = {
     "jsd": pl.Float64,
 }
 RESIDUALS_SCHEMA = {
-    "engine": pl.Utf8,
+    **RUN_KEYS,
     "iteration": pl.Int64,
     "residual": pl.Float64,
     "residual_purchases": pl.Float64,
     "seconds": pl.Float64,
 }
+CALIBRATION_SCHEMA = {"population": pl.Utf8, **calibrate.REPORT_SCHEMA}
+STABILITY_SCHEMA = {"engine": pl.Utf8, **stability.SUMMARY_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -105,12 +128,21 @@ class MarketSettings:
     max_iter: int  # mean-field passes at most
     own_history: bool  # the mean field also recomputes the customer's own-history columns
     seed: int  # customer sample and baseline fit seed
+    calibrate: bool  # also run each engine calibrated (f fitted on val) and report before / after
+    sample_customers: int  # > 0: a seeded sample of N of the customers for the sample engines, raked
+    sample_engines: list[str]  # names of ENGINES run on the sample (scaled and raked)
+    stability_seeds: int  # > 0: sample mode over seeds 0..N-1 for the stability engines
+    stability_engines: list[str]  # names among `engines` (population runs)
     use_adapter: bool  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int  # llm / hybrid: val market occasions scored to fit OTHER and the hybrid (0 = all)
     # () -> (Engine, info) of the language model for the llm and hybrid engines (market_llm_engine's), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
     )
+
+    def sample_filters(self) -> dict[str, Any]:
+        """build_market_occasions' filters of the customer sample: the population's, N customers."""
+        return self.occasion_filters() | {"customers": self.sample_customers}
 
     def occasion_filters(self) -> dict[str, Any]:
         """build_market_occasions' filters: an int N, a list of ids, or None (no filter)."""
@@ -219,118 +251,287 @@ def save_engines(conn, engines: dict[str, ChoiceEngine]) -> None:
 class MarketRun:
     """What simulate_market returns."""
 
-    metrics: pl.DataFrame  # METRICS_SCHEMA: one row per (engine, mean_field) run
+    metrics: pl.DataFrame  # METRICS_SCHEMA: one row per run (RUN_KEYS)
     cells: pl.DataFrame  # CELLS_SCHEMA: per run and (category, week): units and the JSD
     units: pl.DataFrame  # UNITS_SCHEMA: per run and (category, week, product or other)
     residuals: pl.DataFrame  # RESIDUALS_SCHEMA: per mean-field run and iteration
+    calibration: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CALIBRATION_SCHEMA))
+    stability: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=STABILITY_SCHEMA))
     results: dict[str, meanfield.MeanFieldResult] = field(default_factory=dict)  # mean-field runs (no frames)
     summary: dict[str, Any] = field(default_factory=dict)  # market_summary of the period's occasions
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     engine_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # the LLM's cache counts per engine
+    fitted: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # JSON-safe: calibration/<engine>, reweighting
+    stability_results: dict[str, stability.StabilityResult] = field(default_factory=dict)  # per engine
 
 
-def _score(decisions: pl.DataFrame, occ_cw: pl.DataFrame, act_units: pl.DataFrame):
-    """(share_jsd_cw, units_wape_pw, per-(category, week) cells, per-cell units) of one run."""
-    sim = metrics.simulated_units(decisions.join(occ_cw, on="occasion_id"))
-    jsd, per = metrics.share_jsd_cw(sim, act_units)
-    wape = metrics.units_wape_pw(sim, act_units)
+@dataclass
+class _Market:
+    """One simulated market: its options, occasions, history and what its runs are scored against."""
+
+    frame: pl.DataFrame  # load_market_frame
+    occasions: pl.DataFrame  # market_occasions
+    history: meanfield.MarketHistory
+    act_units: pl.DataFrame  # the population's actual units per cell (metrics.actual_units)
+    coverage: float | None
+    population: str = "all"
+    weights: dict[str, pl.DataFrame | None] = field(default_factory=lambda: {"none": None})
+
+    @property
+    def occ_cw(self) -> pl.DataFrame:
+        return self.occasions.select("occasion_id", "category", week="iso_week")
+
+
+@dataclass
+class _Collect:
+    """The rows of every run, as they come."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    cells: list[pl.DataFrame] = field(default_factory=list)
+    units: list[pl.DataFrame] = field(default_factory=list)
+    residuals: list[pl.DataFrame] = field(default_factory=list)
+    sim: dict[tuple, pl.DataFrame] = field(default_factory=dict)  # (engine, calibrated, mean_field) -> units
+    decisions: dict[tuple, pl.DataFrame] = field(
+        default_factory=dict
+    )  # (engine, population) -> no-MF decisions
+    results: dict[str, meanfield.MeanFieldResult] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _sim_units(decisions: pl.DataFrame, market: _Market, weights: pl.DataFrame | None) -> pl.DataFrame:
+    sim = decisions.join(market.occ_cw, on="occasion_id")
+    return metrics.simulated_units(sim) if weights is None else reweight.weighted_units(sim, weights)
+
+
+def _run_one(
+    name: str, engine: ChoiceEngine, cal: bool, mf: bool, weighting: str, market: _Market,
+    settings: MarketSettings, out: _Collect, log,
+) -> None:  # fmt: skip
+    """One run: the mean field (or one pass) on the market with the weighting's weights, scored."""
+    weights = market.weights[weighting]
+    t = time.perf_counter()
+    res = meanfield.run_mean_field(
+        engine, market.frame, market.occasions, market.history, alpha=settings.alpha, epsilon=settings.epsilon,
+        max_iter=settings.max_iter, own_history=settings.own_history, mean_field=mf, weights=weights,
+        log=lambda s: log(f"{name}: {s}"),
+    )  # fmt: skip
+    seconds = time.perf_counter() - t
+    sim = _sim_units(res.decisions, market, weights)
+    jsd, per = metrics.share_jsd_cw(sim, market.act_units)
+    wape = metrics.units_wape_pw(sim, market.act_units)
     keys = metrics.CELL
     units = sim.rename({"units": "sim_units"}).join(
-        act_units.rename({"units": "actual_units"}), on=keys, how="full", coalesce=True
+        market.act_units.rename({"units": "actual_units"}), on=keys, how="full", coalesce=True
     )
     units = units.with_columns(pl.col("sim_units", "actual_units").fill_null(0.0)).sort(keys)
-    return jsd, wape, per, units
+    vs_pop = None
+    if market.population == "all":
+        out.sim[(name, cal, mf)] = sim
+        if not mf:
+            out.decisions[(name, cal)] = res.decisions
+    elif (name, cal, mf) in out.sim:
+        vs_pop, _ = metrics.share_jsd_cw(sim, out.sim[(name, cal, mf)])
+    key = {"engine": name, "population": market.population, "weighting": weighting, "calibrated": cal}
+    key["mean_field"] = mf
+    out.rows.append(
+        key
+        | {
+            "share_jsd_cw": jsd,
+            "units_wape_pw": wape,
+            "vs_population_jsd": vs_pop,
+            "coverage": market.coverage,
+            "n_occasions": market.occasions.height,
+            "n_customers": market.occasions["customer_id"].n_unique(),
+            "sim_units": float(units["sim_units"].sum()),
+            "actual_units": float(units["actual_units"].sum()),
+            "iterations": res.iterations,
+            "converged": res.converged if mf else None,
+            "final_residual": res.residuals[-1] if res.residuals else None,
+            "seconds": seconds,
+        }
+    )
+    lits = {k: pl.lit(v) for k, v in key.items()}
+    out.cells.append(per.with_columns(**lits))
+    out.units.append(units.with_columns(**lits))
+    label = run_label(key)
+    out.timings[f"run:{label}"] = seconds
+    if mf:
+        out.results[label] = replace(res, decisions=pl.DataFrame(), state=pl.DataFrame())
+        out.residuals.append(
+            pl.DataFrame(
+                {
+                    "iteration": range(1, res.iterations + 1),
+                    "residual": res.residuals,
+                    "residual_purchases": res.residuals_purchases,
+                    "seconds": res.seconds,
+                }
+            ).with_columns(**lits)
+        )
+    log(
+        f"{label}: share_jsd_cw {jsd:.4f}, units_wape_pw {wape:.4f}, {res.iterations} iterations, {seconds:.1f} s"
+    )
+
+
+def run_label(key: dict[str, Any]) -> str:
+    """A run's name: engine[+cal][ sample raked|scaled][ + mean field]."""
+    s = key["engine"] + ("+cal" if key["calibrated"] else "")
+    if key["population"] != "all":
+        s += f" {key['population']} {key['weighting']}"
+    return s + (" + mean field" if key["mean_field"] else "")
+
+
+def _variants(name: str, engine: ChoiceEngine, cals: dict[str, calibrate.Calibration]):
+    yield False, engine
+    if name in cals:
+        yield True, calibrate.CalibratedEngine(engine, cals[name])
+
+
+def fit_calibrations(conn, engines: dict[str, ChoiceEngine], settings: MarketSettings, log) -> dict:
+    """name -> Calibration of each engine with a mean field (persistence is a control and stays as it is),
+    fitted on the val market; the LLM engines on settings.llm_val_occasions of its occasions."""
+    todo = {n: e for n, e in engines.items() if ENGINES[n].mean_field}
+    if not todo:
+        return {}
+    frame, actuals = calibrate.load_val_market(conn, settings.m_options, seed=settings.seed)
+    return {
+        n: calibrate.fit_calibration_frames(
+            e,
+            frame,
+            actuals,
+            seed=settings.seed,
+            log=log,
+            max_occasions=settings.llm_val_occasions if n in LLM_ENGINES else 0,
+        )  # fmt: skip
+        for n, e in todo.items()
+    }
+
+
+def _population_market(conn, settings: MarketSettings) -> _Market:
+    occasions = conn.sql("select * from market_occasions").pl()
+    frame = load_market_frame(conn)
+    options = frame.filter(pl.col("product_id") != OTHER).select("occasion_id", "product_id")
+    act_units = metrics.actual_units(load_market_actuals(conn), options)
+    _, history = meanfield.observed_state(conn, occasions, HISTORY_DAYS)
+    return _Market(frame, occasions, history, act_units, metrics.coverage(act_units))
+
+
+def _sample_market(conn, settings: MarketSettings, pop: _Market, log) -> tuple[_Market, reweight.Reweighting]:
+    """The customer sample's market (built with the population's tables set aside and restored), its raked
+    and N / n weights, and the population's history with the sample's heads only (module docstring)."""
+    if settings.customer_ids:
+        raise ValueError("sample_customers needs the population as a filter (customers), not customer_ids")
+    with _market_tables_set_aside(conn):
+        build_market_occasions(conn, m_options=settings.m_options, seed=settings.seed,
+                               history_days=HISTORY_DAYS, **settings.sample_filters())  # fmt: skip
+        occasions = conn.sql("select * from market_occasions").pl()
+        frame = load_market_frame(conn)
+        occ_s, cust_s = reweight.sample_frames(conn)
+        customers = reweight.load_customers(conn)
+    missing = occasions.join(pop.occasions, on="occasion_id", how="anti")
+    if missing.height:
+        raise ValueError(
+            f"{missing.height} sample occasions are not the population's (is the sample a subset?)"
+        )
+    margins = reweight.margins_from_frames(pop.occasions.select("customer_id", "category"), customers)
+    rw = reweight.rake_customers(cust_s, occ_s, margins)
+    n_pop, n = pop.occasions["customer_id"].n_unique(), occasions["customer_id"].n_unique()
+    scaled = occasions.select("occasion_id", weight=pl.lit(n_pop / n, dtype=pl.Float64))
+    heads = pop.history.heads.join(occasions.select("occasion_id"), on="occasion_id", how="semi")
+    log(
+        f"market sample: {n} of {n_pop} customers, {occasions.height} of {pop.occasions.height} occasions; "
+        f"raked weights {rw.weights['weight'].min():.2f}..{rw.weights['weight'].max():.2f} (N / n "
+        f"{n_pop / n:.2f}), margin error {rw.info.get('max_rel_error', float('nan')):.2e}"
+    )
+    market = _Market(
+        frame, occasions, replace(pop.history, heads=heads), pop.act_units, pop.coverage, population="sample",
+        weights={"scaled": scaled, "raked": rw.occasion_weights(occasions)},
+    )  # fmt: skip
+    return market, rw
 
 
 def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
     """The market simulation of settings.period (module docstring); writes market_occasions and market_options
-    (build_market_occasions), not the result tables (write_market_tables)."""
+    (build_market_occasions: the population's), not the result tables (write_market_tables)."""
     names = check_engine_names(settings.engines)  # before any work
+    sample_names = check_engine_names(settings.sample_engines) if settings.sample_customers > 0 else []
+    stab = [n for n in settings.stability_engines if settings.stability_seeds > 0]
+    if set(stab) - set(names):
+        raise ValueError(f"stability_engines {sorted(set(stab) - set(names))} are not among engines {names}")
     t = time.perf_counter()
-    timings = {"occasions": 0.0}
     build_market_occasions(
         conn, m_options=settings.m_options, seed=settings.seed, history_days=HISTORY_DAYS,
         **settings.occasion_filters(),
     )  # fmt: skip
-    occasions = conn.sql("select * from market_occasions").pl()
-    if occasions.height == 0:
+    if conn.execute("select count(*) from market_occasions").fetchone()[0] == 0:
         raise ValueError(f"no occasions in period {settings.period!r} with these filters")
     summary = market_summary(conn)
-    timings["occasions"] = time.perf_counter() - t
+    timings = {"occasions": time.perf_counter() - t}
     log(
         f"market: {summary['occasions']} occasions, {summary['option_rows']} options, "
         f"{summary['categories']} categories, {summary['weeks']} weeks, coverage {summary['coverage']:.3f}, "
         f"{timings['occasions']:.1f} s"
     )
     t = time.perf_counter()
-    engines = build_engines(conn, names, settings, log)
+    engines = build_engines(conn, list(dict.fromkeys([*names, *sample_names])), settings, log)
     timings["fit"] = time.perf_counter() - t
     t = time.perf_counter()
-    frame = load_market_frame(conn)
-    options = frame.filter(pl.col("product_id") != OTHER).select("occasion_id", "product_id")
-    act_units = metrics.actual_units(load_market_actuals(conn), options)
-    cover = metrics.coverage(act_units)
-    occ_cw = occasions.select("occasion_id", "category", week="iso_week")
-    _, history = meanfield.observed_state(conn, occasions, HISTORY_DAYS)
+    cals = fit_calibrations(conn, engines, settings, log) if settings.calibrate else {}
+    timings["calibration_fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pop = _population_market(conn, settings)
     timings["observed_state"] = time.perf_counter() - t
-    rows, cells, units, residuals, results = [], [], [], [], {}
-    for name, engine in engines.items():
-        for mf in (False, True) if ENGINES[name].mean_field else (False,):
-            t = time.perf_counter()
-            res = meanfield.run_mean_field(
-                engine, frame, occasions, history, alpha=settings.alpha, epsilon=settings.epsilon,
-                max_iter=settings.max_iter, own_history=settings.own_history, mean_field=mf,
-                log=lambda s, n=name: log(f"{n}: {s}"),
+    out = _Collect(timings=timings)
+    for name in (n for n in names if n in engines):
+        for cal, engine in _variants(name, engines[name], cals):
+            for mf in (False, True) if ENGINES[name].mean_field else (False,):
+                _run_one(name, engine, cal, mf, "none", pop, settings, out, log)
+    calib = []
+    if cals:
+        actuals = load_market_actuals(conn)
+        for name in (n for n in names if n in cals):
+            rep = calibrate.calibration_report(
+                engines[name], calibrate.CalibratedEngine(engines[name], cals[name]), pop.frame, actuals,
+                decisions=out.decisions.get((name, False)),
             )  # fmt: skip
-            seconds = time.perf_counter() - t
-            jsd, wape, per, cell_units = _score(res.decisions, occ_cw, act_units)
-            run_keys = {"engine": pl.lit(name), "mean_field": pl.lit(mf)}
-            rows.append(
-                {
-                    "engine": name,
-                    "mean_field": mf,
-                    "share_jsd_cw": jsd,
-                    "units_wape_pw": wape,
-                    "coverage": cover,
-                    "n_occasions": occasions.height,
-                    "sim_units": float(cell_units["sim_units"].sum()),
-                    "actual_units": float(cell_units["actual_units"].sum()),
-                    "iterations": res.iterations,
-                    "converged": res.converged if mf else None,
-                    "final_residual": res.residuals[-1] if res.residuals else None,
-                    "seconds": seconds,
-                }
-            )
-            cells.append(per.with_columns(**run_keys))
-            units.append(cell_units.with_columns(**run_keys))
-            timings[f"run:{name}:{'mf' if mf else 'none'}"] = seconds
-            if mf:
-                results[name] = replace(res, decisions=pl.DataFrame(), state=pl.DataFrame())
-                residuals.append(
-                    pl.DataFrame(
-                        {
-                            "engine": name,
-                            "iteration": range(1, res.iterations + 1),
-                            "residual": res.residuals,
-                            "residual_purchases": res.residuals_purchases,
-                            "seconds": res.seconds,
-                        }
-                    )
-                )
-            log(
-                f"{name} ({'with' if mf else 'without'} mean field): share_jsd_cw {jsd:.4f}, units_wape_pw "
-                f"{wape:.4f}, {res.iterations} iterations, {seconds:.1f} s"
-            )
+            calib.append(rep.with_columns(engine=pl.lit(name), population=pl.lit("all")))
+    fitted: dict[str, dict[str, Any]] = {f"calibration/{n}": c.to_dict() for n, c in cals.items()}
+    if sample_names:
+        t = time.perf_counter()
+        sample, rw = _sample_market(conn, settings, pop, log)
+        fitted["reweighting"] = rw.to_dict()
+        out.timings["sample_market"] = time.perf_counter() - t
+        for name in (n for n in sample_names if n in engines):
+            for cal, engine in _variants(name, engines[name], cals):
+                for weighting in ("scaled", "raked"):
+                    for mf in (False, True) if ENGINES[name].mean_field else (False,):
+                        _run_one(name, engine, cal, mf, weighting, sample, settings, out, log)
+    stab_rows, stab_results = [], {}
+    for name in (n for n in stab if n in engines):
+        t = time.perf_counter()
+        res = stability.run_stability(
+            engines[name], pop.frame, pop.occasions, pop.history, seeds=range(settings.stability_seeds),
+            alpha=settings.alpha, epsilon=settings.epsilon, max_iter=settings.max_iter,
+            own_history=settings.own_history, log=lambda s, n=name: log(f"{n}: {s}"),
+        )  # fmt: skip
+        stab_rows.append(res.summary.with_columns(engine=pl.lit(name)))
+        stab_results[name] = res
+        out.timings[f"stability:{name}"] = time.perf_counter() - t
     save_engines(conn, engines)
     return MarketRun(
-        metrics=pl.DataFrame(rows, schema=METRICS_SCHEMA),
-        cells=_stack(cells, CELLS_SCHEMA),
-        units=_stack(units, UNITS_SCHEMA),
-        residuals=_stack(residuals, RESIDUALS_SCHEMA),
-        results=results,
+        metrics=pl.DataFrame(out.rows, schema=METRICS_SCHEMA),
+        cells=_stack(out.cells, CELLS_SCHEMA),
+        units=_stack(out.units, UNITS_SCHEMA),
+        residuals=_stack(out.residuals, RESIDUALS_SCHEMA),
+        calibration=_stack(calib, CALIBRATION_SCHEMA),
+        stability=_stack(stab_rows, STABILITY_SCHEMA),
+        results=out.results,
         summary=summary,
-        timings=timings,
+        timings=out.timings,
         engine_stats={n: e.stats() for n, e in engines.items() if callable(getattr(e, "stats", None))},
+        fitted=fitted,
+        stability_results=stab_results,
     )
 
 
@@ -341,95 +542,11 @@ def _stack(frames: list[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.Dat
 
 
 def write_market_tables(conn, run: MarketRun) -> None:
-    """Replace market_metrics, market_units and market_residuals (sql/market/<table>.sql) with the run's frames."""
-    for table, frame in zip(TABLES, (run.metrics, run.units, run.residuals), strict=True):
+    """Replace the TABLES (sql/market/<table>.sql) with the run's frames."""
+    frames = (run.metrics, run.units, run.residuals, run.calibration, run.stability)
+    for table, frame in zip(TABLES, frames, strict=True):
         conn.register(f"staged_{table}", frame.to_arrow())
         try:
             conn.execute(load_sql(f"market/{table}"))
         finally:
             conn.unregister(f"staged_{table}")
-
-
-# --- the report ------------------------------------------------------------------------------------------
-
-
-def _label(row: dict) -> str:
-    return f"{row['engine']}{' + mean field' if row['mean_field'] else ''}"
-
-
-def metrics_markdown(frame: pl.DataFrame) -> str:
-    """A markdown table of the metrics, one line per run."""
-    head = (
-        "| run | share_jsd_cw | units_wape_pw | sim / actual units | iterations | converged | residual | s |"
-    )
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-
-    def num(v, fmt: str) -> str:
-        return "" if v is None else format(v, fmt)
-
-    for r in frame.iter_rows(named=True):
-        lines.append(
-            f"| {_label(r)} | {num(r['share_jsd_cw'], '.4f')} | {num(r['units_wape_pw'], '.4f')} | "
-            f"{r['sim_units']:.0f} / {r['actual_units']:.0f} | {r['iterations']} | "
-            f"{'' if r['converged'] is None else r['converged']} | {num(r['final_residual'], '.2e')} | "
-            f"{r['seconds']:.1f} |"
-        )
-    if frame.height:
-        r = frame.row(0, named=True)
-        lines.append(f"\n{r['n_occasions']} occasions, coverage {num(r['coverage'], '.3f')}")
-    return "\n".join(lines)
-
-
-def headline_metrics(frame: pl.DataFrame) -> dict[str, float | int | bool]:
-    """Plain values per run for the metadata: <metric>/<engine>[/mean_field]."""
-    out: dict[str, float | int | bool] = {}
-    for r in frame.iter_rows(named=True):
-        key = r["engine"] + ("/mean_field" if r["mean_field"] else "")
-        for m in ("share_jsd_cw", "units_wape_pw", "final_residual"):
-            if r[m] is not None:
-                out[f"{m}/{key}"] = float(r[m])
-        if r["mean_field"]:
-            out[f"iterations/{key}"] = int(r["iterations"])
-            out[f"converged/{key}"] = bool(r["converged"])
-        out[f"seconds/{key}"] = float(r["seconds"])
-    return out
-
-
-def plot_metrics(frame: pl.DataFrame, path: str | Path) -> Path:
-    """A PNG: share_jsd_cw and units_wape_pw per engine, without and with the mean field; engines without a
-    mean-field run (persistence) as a dashed line."""
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mf_engines = frame.filter(pl.col("mean_field"))["engine"].unique(maintain_order=True).to_list()
-    lines = frame.filter(~pl.col("engine").is_in(mf_engines))
-    fig = Figure(figsize=(4.0 + 1.2 * len(mf_engines), 3.6))
-    for ax, metric in zip(fig.subplots(1, 2), ("share_jsd_cw", "units_wape_pw"), strict=True):
-        for i, (mf, label) in enumerate(((False, "without mean field"), (True, "with mean field"))):
-            vals = []
-            for e in mf_engines:
-                v = frame.filter((pl.col("engine") == e) & (pl.col("mean_field") == mf))[metric]
-                vals.append(float("nan") if v.len() == 0 or v[0] is None else v[0])
-            ax.bar([k + (i - 0.5) * 0.38 for k in range(len(mf_engines))], vals, 0.38, label=label)
-        for j, r in enumerate(lines.iter_rows(named=True)):
-            if r[metric] is not None:
-                ax.axhline(r[metric], color=f"C{j + 2}", ls="--", lw=1.2, label=r["engine"])
-        ax.set_xticks(range(len(mf_engines)), mf_engines, fontsize=8)
-        ax.set_xlim(-0.8, max(len(mf_engines), 1) - 0.2)
-        ax.set_title(metric + " (lower is better)", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot_report(run: MarketRun, out_dir: str | Path) -> dict[str, Path]:
-    """The metrics plot and the residual plot of the first engine with a mean-field run (when there is one)."""
-    out_dir = Path(out_dir)
-    paths = {"plot": plot_metrics(run.metrics, out_dir / "market_metrics.png")}
-    if run.results:
-        name, res = next(iter(run.results.items()))
-        paths["residual_plot"] = meanfield.plot_residuals(res, out_dir / f"market_residuals_{name}.png")
-    return paths

@@ -96,7 +96,15 @@ class WhatIfSettings:
             "llm_val_occasions",
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
-        return run.MarketSettings(**kw, customer_ids=[], engines=[self.engine], llm_engine=self.llm_engine)
+        none = {"calibrate": False, "sample_customers": 0, "sample_engines": [], "stability_seeds": 0}
+        return run.MarketSettings(
+            **kw,
+            **none,
+            stability_engines=[],
+            customer_ids=[],
+            engines=[self.engine],
+            llm_engine=self.llm_engine,
+        )
 
 
 @dataclass
