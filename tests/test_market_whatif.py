@@ -1,4 +1,4 @@
-"""What-if scenarios through the market simulation (assets/market/whatif.py, the asset `whatif`, `malles whatif`).
+"""What-if scenarios through the market simulation (assets/market/counterfactual.py, the asset `whatif`, `malles whatif`).
 
 On the synthetic market of tests/test_market_occasions.py (300 customers, 52 weeks; MILK is its densest
 category) with the clogit engine fitted once (a registered test engine hands the fitted one to every what-if):
@@ -7,7 +7,6 @@ with its metadata and plots, and bad scenarios through the CLI (one line, exit 2
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
@@ -17,13 +16,13 @@ import polars as pl
 import pytest
 
 from assets.market import WhatIfConfig, run, whatif
+from assets.market import counterfactual as wi
 from assets.market.classic import fit_classic_engines
 from assets.market.scenario import load_scenario
 from resources.llm import LLMResource
 from tests.test_market_occasions import make_warehouse, synthetic  # noqa: F401 - synthetic is a fixture
 
 OTHER = "other"
-wi = importlib.import_module("assets.market.whatif")  # the module (assets.market.whatif is the asset)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ Modules (plain functions, no dagster import; this file holds the thin asset only
 - llm.py: the aligned LLM and its hybrid as engines (prompt cache in market_llm_cache);
 - run.py: the engine registry (ENGINES, build_engines), simulate_market and the result tables;
 - report.py: the markdown, metadata values and plots of a run;
-- scenario.py, whatif.py: what-if scenarios through the market simulation.
+- scenario.py, counterfactual.py: what-if scenarios (a scenario YAML) through the market simulation.
 """
 
 import json
@@ -24,8 +24,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets._metadata import artifact_metadata, log_asset_run, table_metadata
+from assets.market import counterfactual as wi
 from assets.market import report, run
-from assets.market import whatif as wi
 from resources.llm import LLMResource
 from resources.mlflow import MlflowResource
 from resources.paths import data_dir
