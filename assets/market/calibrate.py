@@ -46,6 +46,7 @@ import polars as pl
 from assets.evaluation.clogit import fit_clogit, group_softmax
 from assets.market.engine import DECISIONS_SCHEMA, ChoiceEngine, check_decisions
 from assets.market.metrics import OTHER, expected_calibration_error
+from assets.market.metrics import json_safe as _json_safe
 
 KEYS = ["occasion_id", "product_id"]
 FORMAT_VERSION = 1  # to_dict's layout
@@ -189,21 +190,6 @@ class Calibration:
             engine=str(d.get("engine", "")),
             info=dict(d.get("info") or {}),
         )
-
-
-def _json_safe(v: Any) -> Any:
-    """Plain JSON values: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, bool | np.bool_):
-        return bool(v)
-    if isinstance(v, int | np.integer):
-        return int(v)
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(float(v)) else None
-    return v if v is None or isinstance(v, str) else str(v)
 
 
 @dataclass

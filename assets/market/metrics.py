@@ -57,7 +57,9 @@ Readings (where docs/evaluation-protocol.md needed one):
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -240,20 +242,10 @@ def fixed_point_residual(m_next: pl.DataFrame, m_prev: pl.DataFrame) -> float:
 
 
 def share_cv_cw(runs: list[pl.DataFrame]) -> float | None:
-    """Mean over (category, week, product) of the coefficient of variation (ddof=1) of units across runs."""
-    if len(runs) < 2:
-        return None
-    cols = [f"u{r}" for r in range(len(runs))]
-    per = [_units(df).rename({"units": c}) for df, c in zip(runs, cols, strict=True)]
-    keys = pl.concat([p.select(CELL) for p in per]).unique()
-    for p in per:
-        keys = keys.join(p, on=CELL, how="left")
-    mat = keys.select(cols).fill_null(0.0).to_numpy()
-    mean = mat.mean(axis=1)
-    ok = mean > 0
-    if not ok.any():
-        return None
-    return float(np.mean(mat[ok].std(axis=1, ddof=1) / mean[ok]))
+    """Mean over (category, week, product) of the coefficient of variation (ddof=1) of units across runs
+    (cells with a positive mean; share_cv_cells has them one by one)."""
+    cv = share_cv_cells(runs)["cv"].drop_nulls()
+    return float(cv.mean()) if cv.len() else None
 
 
 def share_cv_cells(runs: list[pl.DataFrame]) -> pl.DataFrame:
@@ -354,3 +346,18 @@ def diversion_ratios(units_before: pl.DataFrame, units_after: pl.DataFrame, deli
         raise ValueError(f"{delisted} sold nothing before its delisting: no diversion ratio")
     rest = j.filter(pl.col("product_id") != delisted)
     return rest.select("product_id", diversion=(pl.col("after") - pl.col("before")) / base).sort("product_id")
+
+
+def json_safe(v: Any) -> Any:
+    """Plain JSON values (the fitted objects' to_dict): numpy scalars to Python, non-finite floats to None."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | np.integer):
+        return int(v)
+    if isinstance(v, float | np.floating):
+        return float(v) if math.isfinite(float(v)) else None
+    return v if v is None or isinstance(v, str) else str(v)

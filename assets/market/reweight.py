@@ -42,13 +42,13 @@ categorical and quantitative margins, the raking and the bounded logit distances
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from assets.market.metrics import json_safe as _json_safe
 from assets.market.metrics import simulated_units
 
 UNKNOWN = "unknown"  # the segment of a customer without one
@@ -233,20 +233,6 @@ class Reweighting:
             min_customers=int(d.get("min_customers", 5)),
             info=dict(d.get("info") or {}),
         )
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, bool | np.bool_):
-        return bool(v)
-    if isinstance(v, int | np.integer):
-        return int(v)
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(float(v)) else None
-    return v if v is None or isinstance(v, str) else str(v)
 
 
 @dataclass
