@@ -364,14 +364,19 @@ class FittedBaselines:
 
 
 def fit_baseline_models(
-    fit: pl.DataFrame, val: pl.DataFrame, settings: BaselineSettings, log=print
+    fit: pl.DataFrame,
+    val: pl.DataFrame,
+    settings: BaselineSettings,
+    log=print,
+    methods: tuple[str, ...] = ("clogit6", "clogit", "lgbm"),
 ) -> FittedBaselines:
     """Fit the conditional logit and the ranker on `fit` (train rows with use_for_fit, episodes contiguous);
-    `val` (val rows) serves the ranker's early stopping and temperature, and is clogit6's fit sample."""
+    `val` (val rows) serves the ranker's early stopping and temperature, and is clogit6's fit sample.
+    `methods`: the models to fit (the others stay None; the market fits only the engines it runs)."""
     out = FittedBaselines()
     out.info["n_fit_episodes"] = int(fit["episode_id"].n_unique()) if fit.height else 0
     t = time.perf_counter()
-    out.clogit6 = fit_clogit6(val, settings)
+    out.clogit6 = fit_clogit6(val, settings) if "clogit6" in methods else None
     if out.clogit6 is not None:
         c6 = out.clogit6.full
         out.info.update(
@@ -387,13 +392,17 @@ def fit_baseline_models(
         log("baselines: no fit episodes: clogit and lgbm are left out")
         return out
     t = time.perf_counter()
-    out.clogit = fit_clogit_baseline(fit, settings)
-    out.info["seconds_clogit_fit"] = time.perf_counter() - t
-    out.info.update(clogit_converged=out.clogit.converged, clogit_n_fit_episodes=out.clogit.n_groups)
-    log(
-        f"clogit: {out.clogit.n_groups} episodes, loglik {out.clogit.loglik:.1f} (null {out.clogit.loglik_null:.1f}), "
-        f"converged {out.clogit.converged}, {out.info['seconds_clogit_fit']:.1f} s"
-    )
+    if "clogit" in methods:
+        out.clogit = fit_clogit_baseline(fit, settings)
+        out.info["seconds_clogit_fit"] = time.perf_counter() - t
+        out.info.update(clogit_converged=out.clogit.converged, clogit_n_fit_episodes=out.clogit.n_groups)
+        log(
+            f"clogit: {out.clogit.n_groups} episodes, loglik {out.clogit.loglik:.1f} "
+            f"(null {out.clogit.loglik_null:.1f}), converged {out.clogit.converged}, "
+            f"{out.info['seconds_clogit_fit']:.1f} s"
+        )
+    if "lgbm" not in methods:
+        return out
     out.lgbm = fit_lgbm_ranker(fit, val, settings, log=log)
     out.info.update(
         lgbm_best_iteration=out.lgbm.best_iteration,

@@ -385,7 +385,7 @@ def fit_classic_engines(
         raise ValueError(f"unknown methods {sorted(unknown)}; choose among {METHODS}")
     settings = settings or BaselineSettings(seed=seed)
     val = load_eval_frame(conn, settings.seed).filter(pl.col("period") == "val")
-    models = fit_baseline_models(load_fit_frame(conn), val, settings, log=log)
+    models = fit_baseline_models(load_fit_frame(conn), val, settings, log=log, methods=tuple(methods))
     del val
     history = load_history(conn)
     with _market_tables_set_aside(conn):
