@@ -25,6 +25,11 @@ LLMChoiceEngine (an occasion = its consideration set plus the outside option OTH
   entries of that key, save(conn) appends the new ones, so a what-if after the market simulation, or a second
   materialization, scores only the prompts it has not seen with the same model.
 
+- augment (augment.py, docs/design.md mechanism 7; None: off): an Augmentation applied to the prompt contexts
+  (prompt_episodes): imputed demographics marked "(estimated)", the shelf's 4-week trend, the season and a
+  holiday week, and under a token budget only the fields of largest measured influence per token.
+  fit_llm_engines(augment=AugmentSettings(...)) fits it before the val scoring.
+
 HybridChoiceEngine: u = a u_llm + b s_base (s_base = ClassicEngine.scores, raw); (a, b) by
 calibration.fit_hybrid on the sampled val market occasions whose actual product is in the set (the choice
 within the set, as on episodes), then OTHER's constants refitted on the hybrid's utilities of all of them.
@@ -38,7 +43,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -53,6 +58,9 @@ from assets.simulation.calibration import HybridFit, fit_hybrid, hybrid_name
 from assets.simulation.decide import quantity_distributions, top_index, utility_items
 from resources.sql import load_sql
 from resources.warehouse import table_exists
+
+if TYPE_CHECKING:
+    from assets.market.augment import Augmentation, AugmentSettings
 
 QUANTITIES = ("rule", "llm_top")  # expected_qty: classic's rule; or the LLM's answer for the top option
 COUNTS = ("pop_28d", "cust_product_purchases", "cust_brand_purchases")  # rounded before the prompt
@@ -122,9 +130,13 @@ def _col(frame: pl.DataFrame, name: str, dtype=None) -> pl.Expr:
     return (e.cast(dtype) if dtype is not None else e).alias(name)
 
 
-def prompt_episodes(products: pl.DataFrame, ctx: MarketPromptContext) -> list[P.PromptEpisode]:
+def prompt_episodes(
+    products: pl.DataFrame, ctx: MarketPromptContext, augment: Augmentation | None = None
+) -> list[P.PromptEpisode]:
     """The occasions of `products` (option rows of load_market_frame, no OTHER) as the retail agent's prompt
-    contexts, options in set_rank order (occasions in first-seen order)."""
+    contexts, options in set_rank order (occasions in first-seen order). `augment` (augment.py's fitted
+    Augmentation): imputed demographics, the shelf's trend and the season added and only its kept fields
+    shown; None: today's contexts."""
     missing = [c for c in ("occasion_id", "product_id", *OCCASION_COLUMNS) if c not in products.columns]
     if missing:
         raise ValueError(f"the options lack {missing}: pass load_market_frame's rows")
@@ -156,7 +168,8 @@ def prompt_episodes(products: pl.DataFrame, ctx: MarketPromptContext) -> list[P.
     options = rows.select(
         pl.col("occasion_id").alias("episode_id"), "product_id", *[_col(rows, c) for c in OPTION_COLUMNS]
     ).join(ctx.products, on="product_id", how="left", maintain_order="left")
-    return P.episodes_from_frames("market", episodes, customers, ctx.top_brands, options, ctx.cuts)
+    eps = P.episodes_from_frames("market", episodes, customers, ctx.top_brands, options, ctx.cuts)
+    return eps if augment is None else augment.apply(eps)
 
 
 # --- decisions -----------------------------------------------------------------------------------------
@@ -212,6 +225,7 @@ class LLMChoiceEngine(ChoiceEngine):
     name: str = "llm"
     info: dict[str, Any] = field(default_factory=dict)
     store_key: str = ""  # the warehouse cache's key (model_key); "" = the cache lives in memory only
+    augment: Augmentation | None = None  # input augmentation (augment.py); None: today's prompts
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
@@ -268,7 +282,7 @@ class LLMChoiceEngine(ChoiceEngine):
 
     def prompts(self, options: pl.DataFrame) -> pl.DataFrame:
         """occasion_id, product_id, prefix, suffix of every product row of `options` (what is scored)."""
-        eps = prompt_episodes(options.filter(pl.col("product_id") != OTHER), self.context)
+        eps = prompt_episodes(options.filter(pl.col("product_id") != OTHER), self.context, self.augment)
         items = utility_items(eps, self.include_style, self.include_signals)
         rows = [
             (ep.episode.episode_id, o.product_id, p, s)
@@ -280,7 +294,7 @@ class LLMChoiceEngine(ChoiceEngine):
     def utilities(self, products: pl.DataFrame) -> tuple[list[P.PromptEpisode], dict[tuple[str, str], float]]:
         """The prompt contexts of `products` (no OTHER rows) and (occasion_id, product_id) -> LLM utility,
         scoring only prompts not in the cache."""
-        eps = prompt_episodes(products, self.context)
+        eps = prompt_episodes(products, self.context, self.augment)
         items = utility_items(eps, self.include_style, self.include_signals)
         keys = [[prompt_key(p + s) for s in ss] for p, ss in items]
         todo: dict[bytes, tuple[str, str]] = {}
@@ -443,6 +457,7 @@ def fit_llm_engines(
     window_days: int = 14, prior_sd: float = 1.0, include_style: bool = True, include_signals: bool = True,
     quantity: str = "rule", qty_engine: Any = None, name: str = "llm", chunk_occasions: int = 64,
     log: Callable[[str], Any] = print, model_info: dict[str, Any] | None = None,
+    augment: AugmentSettings | None = None,
 ) -> dict[str, ChoiceEngine]:  # fmt: skip
     """{"llm": LLMChoiceEngine, "hybrid": HybridChoiceEngine}, ready for the warehouse's market (its occasions
     are in their prompt context).
@@ -454,7 +469,10 @@ def fit_llm_engines(
     md5("{seed}|{occasion_id}") are scored (0: all). On those: OTHER's constants for the LLM, (a, b) of the
     hybrid, then OTHER's constants for the hybrid. `model_info` (MODEL_INFO_FIELDS of the model behind
     `engine`): the utilities are cached in the warehouse under model_key(model_info) and read from it first
-    (the val scoring of a second fit with the same model costs nothing); None: in memory only."""
+    (the val scoring of a second fit with the same model costs nothing); None: in memory only. `augment`
+    (augment.AugmentSettings; None: off): input augmentation fitted first (augment.fit_augmentation: the
+    imputer on the train period, the shelf trends, and under a token budget the kept fields from their
+    influence on sampled val occasions); then every prompt of both engines is augmented."""
     t0 = time.perf_counter()
     if classic is None:
         classic = C.fit_classic_engines(
@@ -482,6 +500,11 @@ def fit_llm_engines(
     )  # fmt: skip
     if llm.load(conn):
         log(f"{name}: {llm.counts['loaded']} cached scores of this model read from {CACHE_TABLE}")
+    if augment is not None:
+        from assets.market.augment import fit_augmentation
+
+        llm.augment = fit_augmentation(conn, augment, vframe, llm, log=log)
+        llm.info.update(llm.augment.metadata())
     llm.info.update({f"model/{k}": str(v) for k, v in (model_info or {}).items()})
     prod = vframe.filter(pl.col("product_id") != OTHER)
     log(f"{name}: scoring {len(keep)} of {len(ids)} val market occasions ({prod.height} options)")

@@ -91,6 +91,9 @@ class CustomerContext:
     n_category_episodes: int = 0  # the customer's past episodes in this category
     top_brand: str | None = None  # the brand they bought most often in this category
     mean_quantity: float | None = None  # their mean units per purchase in this category
+    # input augmentation (assets/market/augment.py); the defaults render today's text
+    estimated: tuple[str, ...] = ()  # demographic keys whose values were imputed: shown "(estimated)"
+    show_history: bool = True  # False: the history line is left out (dropped under a token budget)
 
     def style_value(self, name: str) -> float | None:
         for s in self.style:
@@ -106,6 +109,10 @@ class EpisodeContext:
     episode_id: str
     category: str | None
     day: date | None = None
+    # input augmentation (assets/market/augment.py); None renders today's text
+    season: str | None = None  # "winter" ..., after the date
+    holiday: str | None = None  # "Christmas": "Christmas week" after the date
+    trend: float | None = None  # the shelf's units in the 4 weeks before vs the 4 before that, minus 1
 
 
 @dataclass(frozen=True)
@@ -231,6 +238,15 @@ def season(d: date) -> str:
             "autumn", "autumn", "winter")[d.month - 1]  # fmt: skip
 
 
+def trend_text(change: float) -> str:
+    """A shelf's sales trend: "4-week sales up 23%" / "down 12%", "flat" within 5%, "up from none" (inf)."""
+    if math.isinf(change) and change > 0:
+        return "4-week sales up from none"
+    if abs(change) < 0.05:
+        return "4-week sales flat"
+    return f"4-week sales {'up' if change > 0 else 'down'} {fmt_pct(abs(change))}"
+
+
 def level_word(value: float, cuts: tuple[float, float] | None) -> str:
     """low / medium / high against the population's tertile cut points (medium when unknown)."""
     if cuts is None:
@@ -265,7 +281,7 @@ def customer_text(customer: CustomerContext, episode: EpisodeContext, include_st
     for k, v in demo[:MAX_DEMOGRAPHICS]:
         key = DEMOGRAPHIC_WORDS.get(k) or clean_key(k)
         if key and clean_text(v):
-            who.append(f"{key} {field(v)}")
+            who.append(f"{key} {field(v)}" + (" (estimated)" if k in customer.estimated else ""))
     segment = clean_text(customer.segment)
     if not who and segment and segment.lower() != "unknown":
         who.append(f"segment {field(segment)}")  # the segment stands in for missing demographics
@@ -283,20 +299,30 @@ def customer_text(customer: CustomerContext, episode: EpisodeContext, include_st
     if episode.day is not None:
         d = episode.day
         when = f", {_WEEKDAYS[d.weekday()]} in {_MONTHS[d.month - 1]}"
-    lines.append(f"Shelf {field(episode.category, 40)}{when}.")
-    n = int(customer.n_category_episodes or 0)
-    if n > 0:
-        hist = f"{n} past trip{'s' if n > 1 else ''} here"
-        if clean_text(customer.top_brand):
-            hist += f", top brand {field(customer.top_brand)}"
-        mq = _finite(customer.mean_quantity)
-        if mq is not None:
-            units = fmt_num(mq)
-            hist += f", mean {units} unit{'' if units == '1' else 's'}"
-        lines.append(hist + ".")
-    else:
-        lines.append("No past trips here.")
+    if clean_text(episode.season):
+        when += f", {clean_text(episode.season)}"
+    if clean_text(episode.holiday):
+        when += f", {clean_text(episode.holiday)} week"
+    trend = "" if episode.trend is None or math.isnan(episode.trend) else f"; {trend_text(episode.trend)}"
+    lines.append(f"Shelf {field(episode.category, 40)}{when}{trend}.")
+    if customer.show_history:
+        lines.append(history_text(customer))
     return "\n".join(lines)
+
+
+def history_text(customer: CustomerContext) -> str:
+    """The customer's history with the category: past trips, top brand, mean units."""
+    n = int(customer.n_category_episodes or 0)
+    if n <= 0:
+        return "No past trips here."
+    hist = f"{n} past trip{'s' if n > 1 else ''} here"
+    if clean_text(customer.top_brand):
+        hist += f", top brand {field(customer.top_brand)}"
+    mq = _finite(customer.mean_quantity)
+    if mq is not None:
+        units = fmt_num(mq)
+        hist += f", mean {units} unit{'' if units == '1' else 's'}"
+    return hist + "."
 
 
 def product_text(option: OptionContext) -> str:
