@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import duckdb as ddb
 import numpy as np
@@ -275,7 +276,7 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
     counting = Counting(tiny_engine)
     knobs = dict(
         period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
-        epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30,
+        epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30, augment_token_budget=0,
         m_options=MARKET["m_options"], calibrate=False, sample_customers=0, sample_engines=[], stability_seeds=0,
         stability_engines=[],
     )  # fmt: skip
@@ -293,7 +294,9 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
     assert second.engine_stats["llm"]["loaded"] == stored and second.engine_stats["llm"]["scored"] == 0
     assert warehouse.execute("select count(*) from market_llm_cache").fetchone()[0] == stored
     a, b = (r.metrics.drop("seconds") for r in (first, second))
-    for x, y in zip(a.to_dicts(), b.to_dicts(), strict=True):  # polars' parallel sums: the last digit may move
+    for x, y in zip(
+        a.to_dicts(), b.to_dicts(), strict=True
+    ):  # polars' parallel sums: the last digit may move
         for k, v in x.items():
             assert y[k] == pytest.approx(v, rel=1e-12, abs=1e-15) if isinstance(v, float) else y[k] == v, k
     other = run.MarketSettings(
@@ -301,6 +304,9 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
     )
     run.simulate_market(warehouse, other, log=lambda _: None)
     assert counting.options > n  # another model key: scored anew
+    aug = run.simulate_market(warehouse, replace(settings, engines=["llm_aug"]), log=lambda _: None)
+    assert aug.metrics["engine"].to_list() == ["llm_aug", "llm_aug"]  # augmented prompts: scored anew
+    assert aug.engine_stats["llm_aug"]["scored"] > 0
     with pytest.raises(ValueError, match="need a language model") as e:
         run.simulate_market(warehouse, run.MarketSettings(**knobs, engines=["llm"]), log=lambda _: None)
     assert "\n" not in str(e.value)

@@ -69,6 +69,9 @@ class MarketSimulationConfig(dg.Config):
     # llm / hybrid: the val market occasions scored to fit OTHER's constants and the hybrid's weights, the
     # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
     llm_val_occasions: int = 2000
+    # llm_aug / hybrid_aug (input augmentation: imputed demographics, trend, season): the token budget of a
+    # scored prompt under which attention control keeps the most influential fields; 0 = keep every field
+    augment_token_budget: int = 0
     calibrate: bool = True  # also run each engine with its calibration f (fitted on val): table before/after
     # a seeded sample of N of the customers (a subset of `customers`' sample) on which sample_engines run,
     # their units counted N_pop / n times ('scaled') and with raked weights ('raked'); 0 = no sample run
@@ -164,6 +167,7 @@ class WhatIfConfig(dg.Config):
     # llm / hybrid: the val market occasions scored to fit OTHER's constants and the hybrid's weights, the
     # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
     llm_val_occasions: int = 2000
+    augment_token_budget: int = 0  # llm_aug / hybrid_aug: tokens per scored prompt (0 = every field kept)
 
 
 @dg.asset(

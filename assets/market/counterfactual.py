@@ -76,6 +76,7 @@ class WhatIfSettings:
     seed: int = 0
     use_adapter: bool = True  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int = 2000  # llm / hybrid: val market occasions scored for their fit (0 = all)
+    augment_token_budget: int = 0  # llm_aug / hybrid_aug: tokens per scored prompt (0 = every field kept)
     # () -> (Engine, model info) for the llm and hybrid engines (run.MarketSettings.llm_engine), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -94,6 +95,7 @@ class WhatIfSettings:
             "seed",
             "use_adapter",
             "llm_val_occasions",
+            "augment_token_budget",
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
         none = {"calibrate": False, "sample_customers": 0, "sample_engines": [], "stability_seeds": 0}

@@ -135,6 +135,7 @@ class MarketSettings:
     stability_engines: list[str]  # names among `engines` (population runs)
     use_adapter: bool  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int  # llm / hybrid: val market occasions scored to fit OTHER and the hybrid (0 = all)
+    augment_token_budget: int  # llm_aug / hybrid_aug: mean tokens per scored prompt (0 = every field kept)
     # () -> (Engine, info) of the language model for the llm and hybrid engines (market_llm_engine's), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -176,6 +177,10 @@ def _persistence(conn, names, settings: MarketSettings, log) -> dict[str, Choice
 
 
 def _llm(conn, names, settings: MarketSettings, log, built) -> dict[str, ChoiceEngine]:
+    """llm and hybrid, and llm_aug and hybrid_aug (the same with input augmentation, augment.py: imputed
+    demographics, the shelf's trend and the season, and with settings.augment_token_budget > 0 the fields kept
+    by attention control) from one language model; the two families share the warehouse's score cache."""
+    from assets.market.augment import AugmentSettings
     from assets.market.llm import fit_llm_engines
 
     if settings.llm_engine is None:
@@ -184,12 +189,21 @@ def _llm(conn, names, settings: MarketSettings, log, built) -> dict[str, ChoiceE
             "asset (its llm resource), or give MarketSettings.llm_engine"
         )
     engine, info = settings.llm_engine()
-    fitted = fit_llm_engines(
-        conn, engine, base=LLM_BASE, seed=settings.seed, classic=built.get(LLM_BASE),
-        val_occasions_limit=settings.llm_val_occasions,
-        m_options=settings.m_options, history_days=HISTORY_DAYS, log=log, model_info=info,
-    )  # fmt: skip
-    return {n: fitted[n] for n in names if n in fitted}
+    out: dict[str, ChoiceEngine] = {}
+    for suffix, augment in (
+        ("", None),
+        ("_aug", AugmentSettings(token_budget=settings.augment_token_budget)),
+    ):
+        wanted = [n for n in names if n in (f"llm{suffix}", f"hybrid{suffix}")]
+        if not wanted:
+            continue
+        fitted = fit_llm_engines(
+            conn, engine, base=LLM_BASE, seed=settings.seed, classic=built.get(LLM_BASE),
+            val_occasions_limit=settings.llm_val_occasions, m_options=settings.m_options,
+            history_days=HISTORY_DAYS, log=log, model_info=info, augment=augment, name=f"llm{suffix}",
+        )  # fmt: skip
+        out |= {n: fitted[n.replace(suffix, "")] for n in wanted}
+    return out
 
 
 LLM_BASE = "clogit"  # the hybrid's classic half and the source of OTHER's quantities for the LLM
@@ -200,8 +214,10 @@ ENGINES: dict[str, EngineSpec] = {
     "persistence": EngineSpec(_persistence, mean_field=False),
     "llm": EngineSpec(_llm, needs=(LLM_BASE,)),
     "hybrid": EngineSpec(_llm, needs=(LLM_BASE,)),
+    "llm_aug": EngineSpec(_llm, needs=(LLM_BASE,)),
+    "hybrid_aug": EngineSpec(_llm, needs=(LLM_BASE,)),
 }
-LLM_ENGINES = ("llm", "hybrid")
+LLM_ENGINES = ("llm", "hybrid", "llm_aug", "hybrid_aug")
 
 
 def register_engine(
