@@ -9,6 +9,22 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest  # noqa: E402
 
+# what the CLI's main() sets in os.environ when a test runs it in-process
+CLI_ENV = ("MALLES_DATA_DIR", "MALLES_DUCKDB_PATH", "DAGSTER_HOME")
+
+
+@pytest.fixture(autouse=True)
+def _cli_env_restored():
+    """Every test leaves MALLES_DATA_DIR, MALLES_DUCKDB_PATH and DAGSTER_HOME as it found them: otherwise a
+    test that runs main() in-process hands its (later deleted) folders to every test after it."""
+    before = {k: os.environ.get(k) for k in CLI_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
 
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch):
