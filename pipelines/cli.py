@@ -92,18 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.job not in names:
         raise UsageError(f"--job {args.job}: unknown job; jobs: {', '.join(names)}")
     job = defs.resolve_job_def(args.job)
-    from pipelines.profiles import profile_run_config
-
     op_names = {node.name for node in job.graph.node_dict.values()}
     asset_keys = None
     if args.select:
         asset_keys, op_names = select_assets(job, args.select)
-    run_config = profile_run_config(args.profile, op_names)
-    if ingest_op_name(job) in op_names:
-        run_config["ops"][ingest_op_name(job)] = {"config": ingest_config}
-    for override in args.config or []:
-        _apply_override(run_config, override)
-    check_run_config(run_config)
+    run_config = build_run_config(args, op_names, ingest_op_name(job), ingest_config)
     warehouse = Path(os.environ.get("MALLES_DUCKDB_PATH") or data / "malles.duckdb")
     if warehouse.exists():  # another run or ingest holds it: wait a bounded time, then one line, nothing run
         from assets.ingest.lock import WarehouseLocked, connect_warehouse
@@ -161,6 +154,25 @@ def select_assets(job, select: str) -> tuple[list, set[str]]:
     if not keys:
         raise UsageError(f"--select {select!r} selects no asset of job {job.name}")
     return sorted(keys), {graph.get(k).assets_def.node_def.name for k in keys}
+
+
+def build_run_config(
+    args: argparse.Namespace, op_names: set[str], ingest_op: str | None, ingest_config: dict
+) -> dict:
+    """The run config of `malles run`: the profile's settings for the job's ops, the ingest config, the example
+    what-if scenario of a built-in source (pipelines/profiles.py SOURCE_SCENARIOS), then every --config
+    override; checked (check_run_config) before anything runs."""
+    from pipelines.profiles import profile_run_config, source_scenario
+
+    run_config = profile_run_config(args.profile, op_names, job=args.job)
+    if "whatif" in op_names and (scenario := source_scenario(args.source)):
+        run_config["ops"].setdefault("whatif", {"config": {}})["config"]["scenario"] = scenario
+    if ingest_op in op_names:
+        run_config["ops"][ingest_op] = {"config": ingest_config}
+    for override in args.config or []:
+        _apply_override(run_config, override)
+    check_run_config(run_config)
+    return run_config
 
 
 def _apply_override(run_config: dict, override: str) -> None:

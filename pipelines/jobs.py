@@ -9,8 +9,8 @@ LLM_STAGES = ["alignment", "simulation"]
 
 # The synthetic market (group synthetic) writes files for tests and demos; it is never part of the main job.
 SYNTHETIC = dg.AssetSelection.groups("synthetic")
-# The market simulation (group market) runs as market_job, not yet in the main job: its cost on Complete
-# Journey is not measured.
+# The market simulation (group market) runs in the main job (small in the quick profile: pipelines/profiles.py)
+# and alone as market_job.
 MARKET = dg.AssetSelection.groups("market")
 # What-if scenarios (asset whatif, group market) run as whatif_job (`malles whatif`), apart from market_job.
 WHATIF = dg.AssetSelection.assets("whatif")
@@ -42,10 +42,11 @@ agents_job = dg.define_asset_job(
 )
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.groups(*STAGES) - SYNTHETIC - MARKET,
+    selection=dg.AssetSelection.groups(*STAGES) - SYNTHETIC,
     description="The whole pipeline end to end: ingest -> features -> prompts -> baselines -> LoRA "
-    "post-training -> the agents decide -> eval_report. Asset defaults are the quick profile "
-    "(pipelines/profiles.py; `malles run --profile full` for N = 2,000).",
+    "post-training -> the agents decide -> eval_report, and the market: market_simulation and a what-if "
+    "scenario. Asset defaults are the quick profile (pipelines/profiles.py; `malles run --profile full` for "
+    "N = 2,000 and the LLM in the market).",
 )
 synthetic_market_job = dg.define_asset_job(
     "synthetic_market_job",

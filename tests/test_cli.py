@@ -56,6 +56,27 @@ def test_bad_config_override_is_one_line_error(data_dir, capsys):
     assert code == 2 and "OP.FIELD=VALUE" in err
 
 
+@pytest.mark.parametrize(
+    ("source", "scenario"),
+    [("completejourney", "cj_price_rise.yaml"), ("synthetic", "synth_price_rise.yaml"), ("my.yaml", None)],
+)
+def test_run_names_the_example_scenario_of_a_built_in_source(source, scenario):
+    import argparse
+
+    from pipelines.cli import build_run_config
+
+    ops = {"ingest", "market_simulation", "whatif"}
+    args = argparse.Namespace(profile="quick", job="main_job", source=source, config=[])
+    cfg = build_run_config(args, ops, "ingest", {"sources": [source]})["ops"]
+    got = cfg.get("whatif", {}).get("config", {}).get("scenario")
+    if scenario is None:  # another source: no example; the what-if asset is skipped unless one is named
+        assert got is None
+    else:
+        assert Path(got).name == scenario and Path(got).is_file()
+    args.config = ["whatif.scenario=/x.yaml"]  # a user's --config wins
+    assert build_run_config(args, ops, "ingest", {})["ops"]["whatif"]["config"]["scenario"] == "/x.yaml"
+
+
 def test_select_resolves_assets_and_their_ops(data_dir):
     from pipelines.cli import select_assets
     from pipelines.definitions import defs

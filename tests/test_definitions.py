@@ -113,6 +113,17 @@ def test_profiles_are_valid_run_configs_of_main_job(profile):
     assert dg.validate_run_config(job, cfg)
     if profile == "full":
         assert cfg["ops"]["retail_decisions"]["config"]["n_per_split"] == 2000
+        assert cfg["ops"]["whatif"]["config"]["engine"] == "hybrid"
+    else:  # main_job runs a small market and the what-if on the fast path
+        assert cfg["ops"]["market_simulation"]["config"]["categories"] == 2
+        assert cfg["ops"]["whatif"]["config"]["engine"] == "clogit"
+
+
+def test_the_quick_profile_keeps_the_market_jobs_at_their_defaults():
+    from pipelines.profiles import profile_run_config
+
+    assert profile_run_config("quick", {"market_simulation"}, job="market_job") == {"ops": {}}
+    assert profile_run_config("quick", {"whatif"}, job="whatif_job") == {"ops": {}}
 
 
 def test_unknown_profile_is_a_clear_error():

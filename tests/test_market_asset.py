@@ -129,13 +129,13 @@ def test_registry_is_extensible(tmp_path):
         run.ENGINES.pop("toy_b", None)
 
 
-def test_market_job_is_registered_apart_from_main_job():
+def test_market_job_and_main_job_hold_the_market():
     from pipelines.definitions import defs
 
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     assert set(jobs["market_job"].graph.node_dict) == {"market_simulation"}
-    assert "market_simulation" not in jobs["main_job"].graph.node_dict
+    assert "market_simulation" in jobs["main_job"].graph.node_dict
     node = defs.resolve_asset_graph().get(dg.AssetKey("market_simulation"))
     assert node.group_name == "market"
     deps = {k.to_user_string() for k in node.parent_keys}
-    assert deps == {"option_features", "episode_splits", "baseline_report"}
+    assert deps == {"option_features", "episode_splits", "baseline_report", "lora_adapter"}

@@ -278,7 +278,7 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
         period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
         epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30, augment_token_budget=0,
         m_options=MARKET["m_options"], calibrate=False, sample_customers=0, sample_engines=[], stability_seeds=0,
-        stability_engines=[],
+        stability_engines=[], sample_mean_field="raked", llm_max_iter=0,
     )  # fmt: skip
     settings = run.MarketSettings(**knobs, engines=["llm", "hybrid"], llm_engine=lambda: (counting, info))
     fits: list[str] = []
@@ -299,6 +299,8 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
     ):  # polars' parallel sums: the last digit may move
         for k, v in x.items():
             assert y[k] == pytest.approx(v, rel=1e-12, abs=1e-15) if isinstance(v, float) else y[k] == v, k
+    capped = run.simulate_market(warehouse, replace(settings, engines=["llm"], llm_max_iter=1), log=print)
+    assert capped.metrics.filter(pl.col("mean_field"))["iterations"].to_list() == [1]  # llm_max_iter caps it
     other = run.MarketSettings(
         **knobs, engines=["hybrid"], llm_engine=lambda: (counting, {**info, "dtype": "bf16"})
     )

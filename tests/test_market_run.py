@@ -14,6 +14,7 @@ from tests.test_market_occasions import synthetic  # noqa: F401 - a fixture
 KNOBS = dict(
     period="test", categories=2, category_ids=[], weeks=2, customers=0, customer_ids=[], m_options=20,
     alpha=1.0, epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=0, augment_token_budget=0,
+    sample_mean_field="all", llm_max_iter=0,
 )  # fmt: skip
 
 
@@ -26,6 +27,22 @@ def market(synthetic):  # noqa: F811 - the imported fixture
     logs: list[str] = []
     result = run.simulate_market(synthetic, settings, log=logs.append)
     return result, logs
+
+
+def test_sample_mean_field_picks_the_sample_runs_with_a_mean_field():
+    runs = [(w, c) for w in ("scaled", "raked") for c in (False, True)]
+    assert [r for r in runs if run._sample_mf("raked", *r)] == [("raked", False)]
+    assert all(run._sample_mf("all", *r) for r in runs) and not any(run._sample_mf("none", *r) for r in runs)
+
+
+def test_an_unknown_sample_mean_field_is_one_line_before_any_work():
+    settings = run.MarketSettings(
+        **(KNOBS | {"sample_mean_field": "some"}), engines=["clogit"], calibrate=False, sample_customers=0,
+        sample_engines=[], stability_seeds=0, stability_engines=[],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="use one of all, raked, none") as e:
+        run.simulate_market(None, settings, log=lambda _: None)  # no warehouse touched
+    assert "\n" not in str(e.value)
 
 
 def test_every_run_is_keyed_and_scored(market, synthetic):  # noqa: F811

@@ -222,12 +222,39 @@ def test_cli_runs_a_whatif(small, capsys, monkeypatch):
     assert "--config" in capsys.readouterr().err
 
 
+def test_asset_without_a_scenario_is_skipped_in_one_line(small, monkeypatch):
+    from resources.duckdb import warehouse
+    from resources.mlflow import MlflowResource
+
+    monkeypatch.setenv("MALLES_DATA_DIR", str(small))
+    mlflow = MlflowResource(
+        tracking_uri=f"sqlite:///{small / 'mlflow.db'}", artifact_root=str(small / "mlart"), experiment="t"
+    )
+
+    def effect_rows() -> int:  # the module's other tests may have written some
+        with ddb.connect(str(small / "w.duckdb"), read_only=True) as c:
+            if not c.execute(
+                "select count(*) from duckdb_tables() where table_name = 'whatif_effects'"
+            ).fetchone()[0]:
+                return 0
+            return c.execute("select count(*) from whatif_effects").fetchone()[0]
+
+    before = effect_rows()
+    result = dg.materialize(
+        [whatif],
+        resources={"duckdb": warehouse(str(small / "w.duckdb")), "mlflow": mlflow, "llm": LLMResource()},
+        run_config=dg.RunConfig({"whatif": WhatIfConfig(engine="clogit")}),
+    )
+    assert result.success
+    meta = result.asset_materializations_for_node("whatif")[0].metadata
+    assert meta["skipped"].value == "no scenario given" and "effects" not in meta
+    assert effect_rows() == before
+
+
 def test_whatif_job_is_registered():
     from pipelines.definitions import defs
 
     jobs = {job.name: job for job in defs.resolve_all_job_defs()}
     assert set(jobs["whatif_job"].graph.node_dict) == {"whatif"}
-    assert (
-        "whatif" not in jobs["market_job"].graph.node_dict
-        and "whatif" not in jobs["main_job"].graph.node_dict
-    )
+    assert "whatif" not in jobs["market_job"].graph.node_dict
+    assert "whatif" in jobs["main_job"].graph.node_dict  # small in the quick profile (pipelines/profiles.py)

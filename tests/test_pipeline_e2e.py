@@ -69,6 +69,13 @@ def test_malles_run_on_synthetic_market(tmp_path):
     ) in rows
     assert ("variants", "llm", "llm_aligned_listwise") in rows and ("variants", "baseline", "clogit") in rows
 
+    # The market in the quick profile: a small market_simulation and the source's example what-if on clogit.
+    with duckdb.connect(str(data / "synthetic.duckdb"), read_only=True) as conn:
+        engines = {r[0] for r in conn.execute("select engine from market_metrics").fetchall()}
+        whatifs = conn.execute("select distinct scenario, engine from whatif_effects").fetchall()
+    assert engines == {"clogit", "lgbm", "persistence"}
+    assert whatifs == [("synth_price_rise", "clogit")]
+
     # Lineage: the MLflow run of the report carries the Dagster run, code and data versions.
     import mlflow
 

@@ -77,6 +77,10 @@ class MarketSimulationConfig(dg.Config):
     # their units counted N_pop / n times ('scaled') and with raked weights ('raked'); 0 = no sample run
     sample_customers: int = 0
     sample_engines: list[str] = ["llm", "hybrid", "clogit", "lgbm"]
+    # which sample runs also run with the mean field: 'raked' (the uncalibrated raked run only), 'all', 'none'
+    sample_mean_field: str = "raked"
+    # > 0: mean-field passes at most for the LLM engines (on a CPU each pass re-scores nearly every prompt)
+    llm_max_iter: int = 0
     stability_seeds: int = 0  # > 0: sample mode over seeds 0..N-1, with and without the mean field
     stability_engines: list[str] = ["clogit"]  # names among `engines`
 
@@ -84,7 +88,7 @@ class MarketSimulationConfig(dg.Config):
 @dg.asset(
     group_name="market",
     kinds={"duckdb", "python", "mlflow"},
-    deps=["option_features", "episode_splits", "baseline_report"],
+    deps=["option_features", "episode_splits", "baseline_report", "lora_adapter"],
 )
 def market_simulation(
     context: dg.AssetExecutionContext,
@@ -146,7 +150,9 @@ def market_simulation(
 
 
 class WhatIfConfig(dg.Config):
-    scenario: str = "scenarios/synth_price_rise.yaml"  # the scenario YAML (scenarios/README.md)
+    # the scenario YAML (scenarios/README.md); "" = none: the asset is skipped (`malles run` names the example
+    # scenario of a built-in source, pipelines/profiles.py SOURCE_SCENARIOS)
+    scenario: str = ""
     # a name of run.ENGINES: 'hybrid' (the aligned LLM with clogit, the default), 'llm', or a classic control
     # ('clogit', 'clogit6', 'lgbm': the fast path)
     engine: str = "hybrid"
@@ -173,7 +179,7 @@ class WhatIfConfig(dg.Config):
 @dg.asset(
     group_name="market",
     kinds={"duckdb", "python", "mlflow"},
-    deps=["option_features", "episode_splits", "baseline_report"],
+    deps=["option_features", "episode_splits", "baseline_report", "lora_adapter"],
 )
 def whatif(
     context: dg.AssetExecutionContext,
@@ -190,6 +196,9 @@ def whatif(
     from assets.market.scenario import load_scenario
 
     cfg = config.model_dump()
+    if not config.scenario:
+        context.log.info("whatif: no scenario given (whatif.scenario): nothing simulated")
+        return dg.MaterializeResult(metadata={"skipped": dg.MetadataValue.text("no scenario given")})
     out_dir = data_dir() / "market" / "whatif" / context.run.run_id
     with duckdb.get_connection() as conn:
         settings = wi.WhatIfSettings(

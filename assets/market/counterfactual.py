@@ -99,6 +99,7 @@ class WhatIfSettings:
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
         none = {"calibrate": False, "sample_customers": 0, "sample_engines": [], "stability_seeds": 0}
+        none |= {"sample_mean_field": "none", "llm_max_iter": 0}
         return run.MarketSettings(
             **kw,
             **none,

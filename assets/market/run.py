@@ -60,6 +60,10 @@ from assets.market.metrics import OTHER
 from assets.market.occasions import build_market_occasions, market_summary
 from resources.sql import load_sql
 
+# sample runs with the mean field: every one ('all'), the uncalibrated raked run only ('raked': on a CPU each
+# mean-field pass of an LLM engine re-scores nearly every prompt, because the sample's weights move pop_28d),
+# or none
+SAMPLE_MEAN_FIELD = ("all", "raked", "none")
 HISTORY_DAYS = 28  # the protocol's window (best sellers, pop_28d, persistence): not a knob
 TABLES = ("market_metrics", "market_units", "market_residuals", "market_calibration", "market_stability")
 RUN_KEYS = {
@@ -131,11 +135,13 @@ class MarketSettings:
     calibrate: bool  # also run each engine calibrated (f fitted on val) and report before / after
     sample_customers: int  # > 0: a seeded sample of N of the customers for the sample engines, raked
     sample_engines: list[str]  # names of ENGINES run on the sample (scaled and raked)
+    sample_mean_field: str  # SAMPLE_MEAN_FIELD: which sample runs also run with the mean field
     stability_seeds: int  # > 0: sample mode over seeds 0..N-1 for the stability engines
     stability_engines: list[str]  # names among `engines` (population runs)
     use_adapter: bool  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int  # llm / hybrid: val market occasions scored to fit OTHER and the hybrid (0 = all)
     augment_token_budget: int  # llm_aug / hybrid_aug: mean tokens per scored prompt (0 = every field kept)
+    llm_max_iter: int  # > 0: mean-field passes at most for the LLM engines (each pass re-scores); 0 = max_iter
     # () -> (Engine, info) of the language model for the llm and hybrid engines (market_llm_engine's), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -314,6 +320,7 @@ class _Collect:
     )  # (engine, population) -> no-MF decisions
     results: dict[str, meanfield.MeanFieldResult] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    conn: Any = None  # the warehouse: engines with a persistent cache save it after every run
 
 
 def _sim_units(decisions: pl.DataFrame, market: _Market, weights: pl.DataFrame | None) -> pl.DataFrame:
@@ -328,12 +335,14 @@ def _run_one(
     """One run: the mean field (or one pass) on the market with the weighting's weights, scored."""
     weights = market.weights[weighting]
     t = time.perf_counter()
+    cap = settings.llm_max_iter if name in LLM_ENGINES and settings.llm_max_iter > 0 else settings.max_iter
     res = meanfield.run_mean_field(
         engine, market.frame, market.occasions, market.history, alpha=settings.alpha, epsilon=settings.epsilon,
-        max_iter=settings.max_iter, own_history=settings.own_history, mean_field=mf, weights=weights,
+        max_iter=cap, own_history=settings.own_history, mean_field=mf, weights=weights,
         log=lambda s: log(f"{name}: {s}"),
     )  # fmt: skip
     seconds = time.perf_counter() - t
+    save_engines(out.conn, {name: engine}) if out.conn is not None else None  # a stopped run keeps its scores
     sim = _sim_units(res.decisions, market, weights)
     jsd, per = metrics.share_jsd_cw(sim, market.act_units)
     wape = metrics.units_wape_pw(sim, market.act_units)
@@ -388,6 +397,11 @@ def _run_one(
     log(
         f"{label}: share_jsd_cw {jsd:.4f}, units_wape_pw {wape:.4f}, {res.iterations} iterations, {seconds:.1f} s"
     )
+
+
+def _sample_mf(which: str, weighting: str, calibrated: bool) -> bool:
+    """Whether a sample run of this weighting and calibration also runs with the mean field (SAMPLE_MEAN_FIELD)."""
+    return which == "all" or (which == "raked" and weighting == "raked" and not calibrated)
 
 
 def run_label(key: dict[str, Any]) -> str:
@@ -472,6 +486,10 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
     (build_market_occasions: the population's), not the result tables (write_market_tables)."""
     names = check_engine_names(settings.engines)  # before any work
     sample_names = check_engine_names(settings.sample_engines) if settings.sample_customers > 0 else []
+    if settings.sample_mean_field not in SAMPLE_MEAN_FIELD:
+        raise ValueError(
+            f"sample_mean_field {settings.sample_mean_field!r}: use one of {', '.join(SAMPLE_MEAN_FIELD)}"
+        )
     stab = [n for n in settings.stability_engines if settings.stability_seeds > 0]
     if set(stab) - set(names):
         raise ValueError(f"stability_engines {sorted(set(stab) - set(names))} are not among engines {names}")
@@ -498,7 +516,7 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
     t = time.perf_counter()
     pop = _population_market(conn, settings)
     timings["observed_state"] = time.perf_counter() - t
-    out = _Collect(timings=timings)
+    out = _Collect(timings=timings, conn=conn)
     for name in (n for n in names if n in engines):
         for cal, engine in _variants(name, engines[name], cals):
             for mf in (False, True) if ENGINES[name].mean_field else (False,):
@@ -522,6 +540,8 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
             for cal, engine in _variants(name, engines[name], cals):
                 for weighting in ("scaled", "raked"):
                     for mf in (False, True) if ENGINES[name].mean_field else (False,):
+                        if mf and not _sample_mf(settings.sample_mean_field, weighting, cal):
+                            continue
                         _run_one(name, engine, cal, mf, weighting, sample, settings, out, log)
     stab_rows, stab_results = [], {}
     for name in (n for n in stab if n in engines):
