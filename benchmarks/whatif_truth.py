@@ -22,6 +22,7 @@ names llm / hybrid are refused in one line.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -65,7 +66,8 @@ def truth_elasticities(truth, occ, opts, products: pl.DataFrame) -> pl.DataFrame
 def new_product_spec(scenario) -> dict:
     iv = next(i for i in scenario.interventions if i.type == "new_product")
     p = iv.product
-    attrs = dict(p.get("attributes") or {})
+    attrs = p.get("attributes") or {}
+    attrs = json.loads(attrs) if isinstance(attrs, str) else dict(attrs)  # the scenario keeps them as JSON
     spec = {k: p[k] for k in ("product_id", "category", "brand", "price", "list_price") if k in p}
     spec["size_units"] = attrs.get("size_units", 1)
     if "quality_tier" in attrs:
