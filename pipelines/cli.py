@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="quick",
         choices=["quick", "full"],
-        help="quick (default: about 30 min on 2 cores, N=80 per split) or full (N=2,000 per split; hours on CPU)",
+        help="quick (default: about 33 min on 2 cores, N=80 per split) or full (N=2,000 per split; hours on CPU)",
     )
     r.add_argument(
         "--select",
