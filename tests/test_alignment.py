@@ -581,12 +581,13 @@ def test_the_epochs_end_a_budget_longer_than_the_data(tiny_model, tmp_path):
 def test_time_cap_stops_training_and_says_so(tiny_model, tmp_path):
     """A step budget the 2-second cap cuts short: the run stops, warns, and reports stopped_by="time_cap"."""
     rows = toy_rows(2)
-    cfg = settings(max_minutes=2.0 / 60, max_steps=100_000, epochs=50.0)
+    # a budget no machine ends in 2 s (50 epochs did: CI's quick tiny model ran all 100 steps before the cap)
+    cfg = settings(max_minutes=2.0 / 60, max_steps=100_000, epochs=5_000.0)
     warnings, infos = [], []
     result = train.train_lora(
         tiny_model, rows, None, cfg, tmp_path / "a", log=infos.append, warn=warnings.append
     )
-    planned = 50 * math.ceil(rows.height / 8)
+    planned = 5_000 * math.ceil(rows.height / 8)
     assert result.stopped_by == "time_cap" and result.metrics()["stopped_by_time_cap"] == 1.0
     assert len(warnings) == 1 and "time cap of 0.0333333 min reached" in warnings[0]
     assert 1 <= result.steps < planned
