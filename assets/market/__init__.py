@@ -192,7 +192,8 @@ def whatif(
     interventions, both through the mean field; per product and category the change in units, revenue and
     share with bootstrap intervals over customers (table whatif_effects), the affected category's price
     elasticity matrix (whatif_elasticities) and the diversion ratios of its delistings (whatif_diversion),
-    keyed by scenario and engine; plots and an MLflow run."""
+    keyed by scenario and engine; plots and an MLflow run. Without a scenario (whatif.scenario empty; `malles
+    run` names a built-in source's example) it is skipped and says so in its metadata."""
     from assets.market.scenario import load_scenario
 
     cfg = config.model_dump()

@@ -342,7 +342,8 @@ def _run_one(
         log=lambda s: log(f"{name}: {s}"),
     )  # fmt: skip
     seconds = time.perf_counter() - t
-    save_engines(out.conn, {name: engine}) if out.conn is not None else None  # a stopped run keeps its scores
+    if out.conn is not None:  # a stopped run keeps its scores
+        save_engines(out.conn, {name: engine})
     sim = _sim_units(res.decisions, market, weights)
     jsd, per = metrics.share_jsd_cw(sim, market.act_units)
     wape = metrics.units_wape_pw(sim, market.act_units)
