@@ -207,6 +207,95 @@ def test_fit_other_constant_and_hybrid(warehouse, fitted):
     np.testing.assert_allclose(prod["utility"].to_numpy(), want, rtol=1e-9, atol=1e-9)
 
 
+def test_hybrid_holding_observed_signals_scores_once_per_mean_field_run(warehouse, fitted):
+    """llm_signals="observed": the LLM half is scored on the options as given and held through the mean field's
+    passes (which then score nothing new), the classic half reads the mean field's signals; "mean_field" asks
+    the LLM again where the signals change a prompt; outside a run the hybrid scores the rows it is given."""
+    from assets.market import meanfield
+    from assets.market.llm import HybridChoiceEngine
+
+    engines, _, _ = fitted
+    mf_hybrid = engines["hybrid"]
+    frame = load_market_frame(warehouse)
+    occasions = warehouse.sql("select * from market_occasions").pl()
+    _, history = meanfield.observed_state(warehouse, occasions, 28)
+    counting = mf_hybrid.llm.engine
+    held = HybridChoiceEngine(mf_hybrid.llm, mf_hybrid.base, mf_hybrid.fit, llm_signals="observed")
+    held.other_constant, held.other_by_category = mf_hybrid.other_constant, mf_hybrid.other_by_category
+    runs = {}
+    for name, engine in (("observed", held), ("mean_field", mf_hybrid)):
+        engine.llm.cache.clear()
+        n = counting.options
+        runs[name] = meanfield.run_mean_field(
+            engine, frame, occasions, history, alpha=1.0, max_iter=20, log=print
+        )
+        runs[name] = (runs[name], counting.options - n)
+    (res, asked), (_, asked_mf) = runs["observed"], runs["mean_field"]
+    prod = frame.filter(pl.col("product_id") != OTHER)
+    assert res.converged and res.iterations >= 2
+    assert asked == prod.height  # every option once, on the observed signals
+    assert asked_mf > asked  # the mean field's signals changed prompts, which were scored again
+    assert held._held is None  # released after the run
+    u_obs = (
+        held.llm.decide(frame).filter(pl.col("product_id") != OTHER).sort(KEYS)
+    )  # cached: observed prompts
+    d = res.decisions.filter(pl.col("product_id") != OTHER).sort(KEYS)
+    assert d["utility"].is_finite().all()
+    # the LLM half is the observed one: u - a u_llm(observed) is the classic half, which moved with the signals
+    rest = d["utility"].to_numpy() - held.fit.coef_llm * u_obs["utility"].to_numpy()
+    base_obs = held.fit.coef_base * held.base.scores(prod.sort(KEYS))
+    assert not np.allclose(rest, base_obs)  # the classic half read the mean field's signals, not the observed
+    # outside a run the hybrid scores the rows it is given (the observed frame: the LLM part as held)
+    out = held.decide(frame).filter(pl.col("product_id") != OTHER).sort(KEYS)
+    np.testing.assert_allclose(
+        out["utility"].to_numpy(),
+        held.fit.coef_llm * u_obs["utility"].to_numpy() + base_obs,
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    with pytest.raises(ValueError, match="llm_signals must be one of"):
+        HybridChoiceEngine(mf_hybrid.llm, mf_hybrid.base, mf_hybrid.fit, llm_signals="sometimes")
+
+
+def test_hybrid_whatif_on_a_warm_cache_scores_only_the_changed_prices(warehouse, tiny_engine):
+    """A what-if on the hybrid (hybrid_llm_signals "observed", the what-if's default) after another with the
+    same model: the val fit and the baseline come from market_llm_cache, and a one-product price change scores
+    only that product's option lines (at most one per occasion); reading the mean field's signals, the same
+    what-if scores more (the passes change prompts)."""
+    from assets.market import counterfactual as wi
+    from assets.market.scenario import load_scenario
+
+    top = warehouse.sql(
+        "select product_id, count(*) as n from market_options where product_id != 'other' "
+        "group by all order by n desc, product_id limit 2"
+    ).fetchall()
+    counting = Counting(tiny_engine)
+    info = {"backend": "hf", "model": "tiny", "adapter": "", "adapter_sha256": "", "dtype": "whatif"}
+
+    def what_if(product: str, signals: str = "observed") -> wi.WhatIfResult:
+        text = f"name: rise_{product}\ninterventions:\n  - {{type: price, products: [{product}], change_pct: 10}}\n"
+        settings = wi.WhatIfSettings(
+            engine="hybrid", weeks=2, customers=6, m_options=MARKET["m_options"], top_k=0, bootstrap=20,
+            llm_val_occasions=30, use_adapter=False, hybrid_llm_signals=signals, llm_engine=lambda: (counting, info),
+        )  # fmt: skip
+        return wi.run_whatif(warehouse, load_scenario(text, warehouse), settings, log=lambda _: None)
+
+    first = what_if(top[0][0])
+    assert first.summary["engine_stats"]["scored"] > 0
+    second = what_if(top[1][0])
+    stats = second.summary["engine_stats"]
+    assert stats["loaded"] > 0 and 0 < stats["scored"] <= second.summary["occasions"]
+    mine = second.effects.filter((pl.col("level") == "product") & (pl.col("metric") == "units"))
+    assert top[1][0] in mine["product_id"].to_list()
+    info["dtype"] = "whatif-mf"  # a fresh cache key, so that the two modes are counted alike
+    what_if(top[0][0], "mean_field")
+    mf = what_if(top[1][0], "mean_field").summary["engine_stats"]
+    assert mf["scored"] > stats["scored"]
+    with pytest.raises(ValueError, match="hybrid_llm_signals 'x': use one of") as e:
+        what_if(top[1][0], "x")
+    assert "\n" not in str(e.value)
+
+
 def test_llm_top_quantity(warehouse, context, tiny_engine):
     frame = load_market_frame(warehouse)
     counting = Counting(tiny_engine)
@@ -278,7 +367,7 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
         period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
         epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30, augment_token_budget=0,
         m_options=MARKET["m_options"], calibrate=False, sample_customers=0, sample_engines=[], stability_seeds=0,
-        stability_engines=[], sample_mean_field="raked", llm_max_iter=0,
+        stability_engines=[], sample_mean_field="raked", llm_max_iter=0, hybrid_llm_signals="mean_field",
     )  # fmt: skip
     settings = run.MarketSettings(**knobs, engines=["llm", "hybrid"], llm_engine=lambda: (counting, info))
     fits: list[str] = []

@@ -43,6 +43,20 @@ def units(result: wi.WhatIfResult, metric: str = "units") -> pl.DataFrame:
     return result.effects.filter((pl.col("level") == "product") & (pl.col("metric") == metric))
 
 
+def test_whatif_settings_defaults_are_the_asset_configs():
+    """One default per setting: WhatIfSettings (what run_whatif reads) defaults as WhatIfConfig (the asset's)."""
+    from dataclasses import fields
+
+    config = WhatIfConfig().model_dump()
+    settings = wi.WhatIfSettings()
+    shared = {f.name for f in fields(settings)} & set(config)
+    assert shared >= {"engine", "weeks", "bootstrap", "top_k", "llm_val_occasions", "hybrid_llm_signals"}
+    assert {k: getattr(settings, k) for k in shared - {"category_ids"}} == {
+        k: config[k] for k in shared - {"category_ids"}
+    }
+    assert settings.category_ids == tuple(config["category_ids"])
+
+
 def test_price_rise_lowers_the_product_and_raises_its_substitutes(fitted):
     t = time.perf_counter()
     r = what_if(fitted, "name: rise\ninterventions:\n  - {type: price, products: [P00001], change_pct: 10}\n")

@@ -57,7 +57,7 @@ DIVERSION_SCHEMA |= dict(units_before=F, units_after=F, diversion=F, diversion_p
 class WhatIfSettings:
     """The knobs of one what-if (WhatIfConfig holds the same with comments)."""
 
-    engine: str = "clogit"  # a name of run.ENGINES
+    engine: str = "hybrid"  # a name of run.ENGINES
     period: str = "test"
     category_ids: tuple[str, ...] = ()  # empty: the scenario's affected categories
     weeks: int = 8  # 0 = all
@@ -77,6 +77,7 @@ class WhatIfSettings:
     use_adapter: bool = True  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int = 2000  # llm / hybrid: val market occasions scored for their fit (0 = all)
     augment_token_budget: int = 0  # llm_aug / hybrid_aug: tokens per scored prompt (0 = every field kept)
+    hybrid_llm_signals: str = "observed"  # llm.LLM_SIGNALS: the hybrid's LLM half scored once per run
     # () -> (Engine, model info) for the llm and hybrid engines (run.MarketSettings.llm_engine), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -96,6 +97,7 @@ class WhatIfSettings:
             "use_adapter",
             "llm_val_occasions",
             "augment_token_budget",
+            "hybrid_llm_signals",
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
         none = {"calibrate": False, "sample_customers": 0, "sample_engines": [], "stability_seeds": 0}
@@ -322,6 +324,7 @@ def run_whatif(
     """The what-if of `scenario` (validated: load_scenario(path, conn)) on the warehouse (module docstring)."""
     s = settings
     run.check_engine_names([s.engine])  # before any work
+    run.check_llm_signals(s.hybrid_llm_signals)
     timings: dict[str, float] = {}
     marks = [time.perf_counter()]
 

@@ -33,6 +33,11 @@ LLMChoiceEngine (an occasion = its consideration set plus the outside option OTH
 HybridChoiceEngine: u = a u_llm + b s_base (s_base = ClassicEngine.scores, raw); (a, b) by
 calibration.fit_hybrid on the sampled val market occasions whose actual product is in the set (the choice
 within the set, as on episodes), then OTHER's constants refitted on the hybrid's utilities of all of them.
+llm_signals (LLM_SIGNALS): "mean_field" (the LLM half reads the mean field's signals and re-scores every prompt
+they change, nearly all of them at every pass) or "observed": run_mean_field enters `observing(options)`, the
+LLM half is scored once on the options as given (observed signals; a scenario's prices and new products
+included) and held for the run, and the mean field moves the classic half only. A what-if then scores only the
+prompts its interventions change (the cache holds the rest): the fast path on a CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +69,9 @@ if TYPE_CHECKING:
     from assets.market.augment import Augmentation, AugmentSettings
 
 QUANTITIES = ("rule", "llm_top")  # expected_qty: classic's rule; or the LLM's answer for the top option
+# what the hybrid's LLM half reads inside a mean-field run: the signals of the mean field (re-scored at every
+# pass where a prompt changes) or those of the options as given (scored once per run: what-ifs on a CPU)
+LLM_SIGNALS = ("mean_field", "observed")
 COUNTS = ("pop_28d", "cust_product_purchases", "cust_brand_purchases")  # rounded before the prompt
 OPTION_COLUMNS = ("price", "list_price", "discount_depth", "ref_price", "ref_price_gap", "is_new", *COUNTS)
 PRODUCT_COLUMNS = ("description", "brand", "attributes")
@@ -403,13 +412,42 @@ class HybridChoiceEngine(ChoiceEngine):
     other_by_category: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
+    llm_signals: str = "mean_field"  # LLM_SIGNALS: what the LLM half reads inside a mean-field run
+
     def __post_init__(self) -> None:
+        if self.llm_signals not in LLM_SIGNALS:
+            raise ValueError(f"llm_signals must be one of {LLM_SIGNALS}, got {self.llm_signals!r}")
         self.name = hybrid_name(self.llm.name, self.base.method)
+        self._held: tuple[list[P.PromptEpisode], dict[tuple[str, str], float]] | None = None
+
+    @contextmanager
+    def observing(self, options: pl.DataFrame) -> Iterator[None]:
+        """With llm_signals "observed": the LLM half scored once on `options` (the rows as the mean field gets
+        them, at their observed signals) and held while the block runs, so that the mean field's passes move
+        the classic half only (run_mean_field enters it). "mean_field": nothing held."""
+        if self.llm_signals != "observed":
+            yield
+            return
+        self._held = self.llm.utilities(with_other_rows(options).filter(pl.col("product_id") != OTHER))
+        try:
+            yield
+        finally:
+            self._held = None
+
+    def _llm_half(self, prod: pl.DataFrame) -> tuple[list[P.PromptEpisode], dict[tuple[str, str], float]]:
+        """The LLM's prompt contexts and utilities of `prod`: those held by `observing` where it holds every
+        row, else scored on the rows given."""
+        if self._held is not None:
+            eps, u = self._held
+            pairs = zip(prod["occasion_id"].to_list(), prod["product_id"].to_list(), strict=True)
+            if all(k in u for k in pairs):
+                return eps, u
+        return self.llm.utilities(prod)
 
     def decide(self, options: pl.DataFrame) -> pl.DataFrame:
         opts = with_other_rows(options)
         prod = opts.filter(pl.col("product_id") != OTHER)
-        eps, u_by_key = self.llm.utilities(prod)
+        eps, u_by_key = self._llm_half(prod)
         u_llm, s_base = _aligned(prod, u_by_key), self.base.scores(prod)
         u = self.fit.coef_llm * u_llm + self.fit.coef_base * s_base
         qty = {}

@@ -73,6 +73,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -503,28 +504,30 @@ def run_mean_field(
     choices = pre_history.heads
     state = state_of(choices, occasions, pre_history, weights=w)
     result.state = state
-    for k in range(max_iter):
-        t0 = time.perf_counter()
-        signals = signals_from_state(opts, occasions, state, pre_history, choices, own_history)
-        t1 = time.perf_counter()
-        decisions = engine.decide(signals)
-        t2 = time.perf_counter()
-        decisions = drawn(decisions)
-        choices = _damp(choices, choices_of(decisions, opts), alpha)
-        nxt = state_of(choices, occasions, pre_history, weights=w)
-        res = fixed_point_residual(nxt, state)
-        res_p = fixed_point_residual(*(f.with_columns(units="purchases") for f in (nxt, state)))
-        state = nxt
-        result.decisions, result.state, result.iterations = decisions, state, k + 1
-        result.residuals.append(res)
-        result.residuals_purchases.append(res_p)
-        result.signal_seconds.append(t1 - t0)
-        result.engine_seconds.append(t2 - t1)
-        result.seconds.append(time.perf_counter() - t0)
-        log(f"mean field {k + 1}: residual {res:.3g} (purchases {res_p:.3g}), {result.seconds[-1]:.2f} s")
-        if res < epsilon and res_p < epsilon:
-            result.converged = True
-            break
+    hold = getattr(engine, "observing", None)  # an engine holding a part at the options as given (llm.py)
+    with hold(opts) if callable(hold) else nullcontext():
+        for k in range(max_iter):
+            t0 = time.perf_counter()
+            signals = signals_from_state(opts, occasions, state, pre_history, choices, own_history)
+            t1 = time.perf_counter()
+            decisions = engine.decide(signals)
+            t2 = time.perf_counter()
+            decisions = drawn(decisions)
+            choices = _damp(choices, choices_of(decisions, opts), alpha)
+            nxt = state_of(choices, occasions, pre_history, weights=w)
+            res = fixed_point_residual(nxt, state)
+            res_p = fixed_point_residual(*(f.with_columns(units="purchases") for f in (nxt, state)))
+            state = nxt
+            result.decisions, result.state, result.iterations = decisions, state, k + 1
+            result.residuals.append(res)
+            result.residuals_purchases.append(res_p)
+            result.signal_seconds.append(t1 - t0)
+            result.engine_seconds.append(t2 - t1)
+            result.seconds.append(time.perf_counter() - t0)
+            log(f"mean field {k + 1}: residual {res:.3g} (purchases {res_p:.3g}), {result.seconds[-1]:.2f} s")
+            if res < epsilon and res_p < epsilon:
+                result.converged = True
+                break
     return result
 
 
