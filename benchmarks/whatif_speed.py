@@ -13,7 +13,7 @@ The what-ifs run in-process (assets/market/counterfactual.run_whatif, as the wha
 4. hybrid, warm, a new question: a 10% price rise of another product of the same category (the category's
    best-selling product after the scenario's own targets): only that product's option lines are new.
 
-The hybrid reads hybrid_llm_signals="observed" (the what-if's default: the LLM half is scored once per run and
+The hybrid reads llm_signals="observed" (the what-if's default: the LLM half is scored once per run and
 the mean field moves the classic half). Printed per step: seconds, the ratio to clogit, prompts scored and read
 from the cache, occasions. With --cli, step 4's question is asked once more through `malles whatif` (Dagster's
 start and the MLflow run included), the way an analyst asks it.

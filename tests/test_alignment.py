@@ -754,3 +754,13 @@ def test_default_model_learns_yes_no(tmp_path):
     assert result.eval_loss < result.eval_loss_before - 0.1
     curve = [p["loss"] for p in result.loss_history]
     assert min(curve[-2:]) < curve[0]
+
+
+def test_bf16_autocast_only_where_the_cpu_multiplies_bf16():
+    """An AVX2-only CPU emulates bf16 (about 50x slower than fp32 here): the training stays in fp32 there."""
+    from assets.alignment.train import cpu_has_bf16
+
+    assert not cpu_has_bf16("processor: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16("")

@@ -16,7 +16,7 @@ import pytest
 from assets.features import logic as features
 from assets.market.classic import load_market_frame
 from assets.market.engine import check_decisions
-from assets.market.llm import LLMChoiceEngine, MarketPromptContext, fit_llm_engines
+from assets.market.llm import LLMChoiceEngine, MarketPromptContext, fit_llm_engines, model_key
 from assets.market.metrics import OTHER
 from assets.market.occasions import build_market_occasions
 from assets.prompts import logic as P
@@ -235,7 +235,7 @@ def test_hybrid_holding_observed_signals_scores_once_per_mean_field_run(warehous
     assert res.converged and res.iterations >= 2
     assert asked == prod.height  # every option once, on the observed signals
     assert asked_mf > asked  # the mean field's signals changed prompts, which were scored again
-    assert held._held is None  # released after the run
+    assert held.llm._held is None  # released after the run
     u_obs = (
         held.llm.decide(frame).filter(pl.col("product_id") != OTHER).sort(KEYS)
     )  # cached: observed prompts
@@ -253,12 +253,12 @@ def test_hybrid_holding_observed_signals_scores_once_per_mean_field_run(warehous
         rtol=1e-9,
         atol=1e-9,
     )
-    with pytest.raises(ValueError, match="llm_signals must be one of"):
+    with pytest.raises(ValueError, match="llm_signals 'sometimes': use one of"):
         HybridChoiceEngine(mf_hybrid.llm, mf_hybrid.base, mf_hybrid.fit, llm_signals="sometimes")
 
 
 def test_hybrid_whatif_on_a_warm_cache_scores_only_the_changed_prices(warehouse, tiny_engine):
-    """A what-if on the hybrid (hybrid_llm_signals "observed", the what-if's default) after another with the
+    """A what-if on the hybrid (llm_signals "observed", the what-if's default) after another with the
     same model: the val fit and the baseline come from market_llm_cache, and a one-product price change scores
     only that product's option lines (at most one per occasion); reading the mean field's signals, the same
     what-if scores more (the passes change prompts)."""
@@ -276,7 +276,7 @@ def test_hybrid_whatif_on_a_warm_cache_scores_only_the_changed_prices(warehouse,
         text = f"name: rise_{product}\ninterventions:\n  - {{type: price, products: [{product}], change_pct: 10}}\n"
         settings = wi.WhatIfSettings(
             engine="hybrid", weeks=2, customers=6, m_options=MARKET["m_options"], top_k=0, bootstrap=20,
-            llm_val_occasions=30, use_adapter=False, hybrid_llm_signals=signals, llm_engine=lambda: (counting, info),
+            llm_val_occasions=30, use_adapter=False, llm_signals=signals, llm_engine=lambda: (counting, info),
         )  # fmt: skip
         return wi.run_whatif(warehouse, load_scenario(text, warehouse), settings, log=lambda _: None)
 
@@ -291,9 +291,11 @@ def test_hybrid_whatif_on_a_warm_cache_scores_only_the_changed_prices(warehouse,
     what_if(top[0][0], "mean_field")
     mf = what_if(top[1][0], "mean_field").summary["engine_stats"]
     assert mf["scored"] > stats["scored"]
-    with pytest.raises(ValueError, match="hybrid_llm_signals 'x': use one of") as e:
+    with pytest.raises(ValueError, match="llm_signals 'x': use one of") as e:
         what_if(top[1][0], "x")
     assert "\n" not in str(e.value)
+    keys = [model_key({**info, "dtype": d}) for d in ("whatif", "whatif-mf")]
+    warehouse.execute("delete from market_llm_cache where engine_key in (select unnest($k))", {"k": keys})
 
 
 def test_llm_top_quantity(warehouse, context, tiny_engine):
@@ -367,7 +369,7 @@ def test_registered_llm_engines_run_in_the_market_and_keep_their_cache(warehouse
         period="test", categories=1, category_ids=[], weeks=2, customers=6, customer_ids=[], alpha=1.0,
         epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=30, augment_token_budget=0,
         m_options=MARKET["m_options"], calibrate=False, sample_customers=0, sample_engines=[], stability_seeds=0,
-        stability_engines=[], sample_mean_field="raked", llm_max_iter=0, hybrid_llm_signals="mean_field",
+        stability_engines=[], sample_mean_field="raked", llm_max_iter=0, llm_signals="mean_field",
     )  # fmt: skip
     settings = run.MarketSettings(**knobs, engines=["llm", "hybrid"], llm_engine=lambda: (counting, info))
     fits: list[str] = []

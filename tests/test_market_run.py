@@ -14,7 +14,7 @@ from tests.test_market_occasions import synthetic  # noqa: F401 - a fixture
 KNOBS = dict(
     period="test", categories=2, category_ids=[], weeks=2, customers=0, customer_ids=[], m_options=20,
     alpha=1.0, epsilon=1e-3, max_iter=20, own_history=False, seed=0, use_adapter=False, llm_val_occasions=0, augment_token_budget=0,
-    sample_mean_field="all", llm_max_iter=0, hybrid_llm_signals="mean_field",
+    sample_mean_field="all", llm_max_iter=0, llm_signals="mean_field",
 )  # fmt: skip
 
 

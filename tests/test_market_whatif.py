@@ -50,7 +50,7 @@ def test_whatif_settings_defaults_are_the_asset_configs():
     config = WhatIfConfig().model_dump()
     settings = wi.WhatIfSettings()
     shared = {f.name for f in fields(settings)} & set(config)
-    assert shared >= {"engine", "weeks", "bootstrap", "top_k", "llm_val_occasions", "hybrid_llm_signals"}
+    assert shared >= {"engine", "weeks", "bootstrap", "top_k", "llm_val_occasions", "llm_signals"}
     assert {k: getattr(settings, k) for k in shared - {"category_ids"}} == {
         k: config[k] for k in shared - {"category_ids"}
     }

@@ -43,7 +43,9 @@ class LoraAdapterConfig(dg.Config):
     max_train_examples: int = 8000  # rows drawn (seeded) for the unpacked pointwise loss; 0 = all rows. The
     # softmax loss and packing take whole episodes: every row, the step budget decides how many are used
     eval_examples: int = 100  # val rows for the eval loss before and after training
-    bf16_autocast: bool = True  # bf16 autocast for training (docs/notes.md: ~2.4x faster than fp32 on CPU)
+    # bf16 autocast for training where the device multiplies bf16 natively (a GPU, a CPU with AVX-512 BF16 or
+    # AMX: ~2.4x faster than fp32, docs/notes.md); elsewhere fp32 whatever this says (emulated bf16 is ~50x slower)
+    bf16_autocast: bool = True
     gradient_checkpointing: bool = (
         False  # recompute activations: saves memory, costs time (trl's default is on)
     )

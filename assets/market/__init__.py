@@ -81,9 +81,9 @@ class MarketSimulationConfig(dg.Config):
     sample_mean_field: str = "raked"
     # > 0: mean-field passes at most for the LLM engines (on a CPU each pass re-scores nearly every prompt)
     llm_max_iter: int = 0
-    # the hybrid's LLM half in the mean field: 'mean_field' (reads its signals: re-scored at every pass) or
-    # 'observed' (scored once on the observed signals; the mean field moves the classic half only)
-    hybrid_llm_signals: str = "mean_field"
+    # the LLM engines in the mean field: 'mean_field' (they read its signals: re-scored at every pass) or
+    # 'observed' (scored once on the observed signals; the hybrid's mean field moves its classic half only)
+    llm_signals: str = "mean_field"
     stability_seeds: int = 0  # > 0: sample mode over seeds 0..N-1, with and without the mean field
     stability_engines: list[str] = ["clogit"]  # names among `engines`
 
@@ -177,9 +177,10 @@ class WhatIfConfig(dg.Config):
     # smallest md5(seed|occasion_id) first (0 = all); their scores stay in market_llm_cache for the next fit
     llm_val_occasions: int = 2000
     augment_token_budget: int = 0  # llm_aug / hybrid_aug: tokens per scored prompt (0 = every field kept)
-    # the hybrid's LLM half in the mean field: 'observed' (scored once per run on the observed signals, so a
-    # what-if scores only the prompts its interventions change) or 'mean_field' (re-scored at every pass)
-    hybrid_llm_signals: str = "observed"
+    # the LLM engines in the mean field: 'observed' (scored once per run on the observed signals, so a what-if
+    # scores only the prompts its interventions change; the hybrid's mean field moves its classic half only)
+    # or 'mean_field' (they read its signals: re-scored at every pass)
+    llm_signals: str = "observed"
 
 
 @dg.asset(

@@ -77,7 +77,7 @@ class WhatIfSettings:
     use_adapter: bool = True  # llm / hybrid: the newest adapter (read by the asset's llm_engine provider)
     llm_val_occasions: int = 2000  # llm / hybrid: val market occasions scored for their fit (0 = all)
     augment_token_budget: int = 0  # llm_aug / hybrid_aug: tokens per scored prompt (0 = every field kept)
-    hybrid_llm_signals: str = "observed"  # llm.LLM_SIGNALS: the hybrid's LLM half scored once per run
+    llm_signals: str = "observed"  # llm.LLM_SIGNALS: the LLM engines' utilities scored once per run
     # () -> (Engine, model info) for the llm and hybrid engines (run.MarketSettings.llm_engine), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -97,7 +97,7 @@ class WhatIfSettings:
             "use_adapter",
             "llm_val_occasions",
             "augment_token_budget",
-            "hybrid_llm_signals",
+            "llm_signals",
         )
         kw = {k: getattr(self, k) for k in same} | {"categories": 0, "category_ids": list(categories)}
         none = {"calibrate": False, "sample_customers": 0, "sample_engines": [], "stability_seeds": 0}
@@ -324,7 +324,9 @@ def run_whatif(
     """The what-if of `scenario` (validated: load_scenario(path, conn)) on the warehouse (module docstring)."""
     s = settings
     run.check_engine_names([s.engine])  # before any work
-    run.check_llm_signals(s.hybrid_llm_signals)
+    from assets.market.llm import check_llm_signals
+
+    check_llm_signals(s.llm_signals)
     timings: dict[str, float] = {}
     marks = [time.perf_counter()]
 

@@ -33,11 +33,12 @@ LLMChoiceEngine (an occasion = its consideration set plus the outside option OTH
 HybridChoiceEngine: u = a u_llm + b s_base (s_base = ClassicEngine.scores, raw); (a, b) by
 calibration.fit_hybrid on the sampled val market occasions whose actual product is in the set (the choice
 within the set, as on episodes), then OTHER's constants refitted on the hybrid's utilities of all of them.
-llm_signals (LLM_SIGNALS): "mean_field" (the LLM half reads the mean field's signals and re-scores every prompt
-they change, nearly all of them at every pass) or "observed": run_mean_field enters `observing(options)`, the
-LLM half is scored once on the options as given (observed signals; a scenario's prices and new products
-included) and held for the run, and the mean field moves the classic half only. A what-if then scores only the
-prompts its interventions change (the cache holds the rest): the fast path on a CPU.
+llm_signals (LLM_SIGNALS, both engines): "mean_field" (the LLM reads the mean field's signals and re-scores every
+prompt they change, nearly all of them at every pass) or "observed": run_mean_field enters `observing(options)`,
+the LLM's utilities are scored once on the options as given (observed signals; a scenario's prices and new
+products included) and held for the run: the hybrid's mean field moves its classic half only, the LLM alone
+reads no market feedback. A what-if then scores only the prompts its interventions change (the cache holds the
+rest): the fast path on a CPU.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,12 @@ COUNTS = ("pop_28d", "cust_product_purchases", "cust_brand_purchases")  # rounde
 OPTION_COLUMNS = ("price", "list_price", "discount_depth", "ref_price", "ref_price_gap", "is_new", *COUNTS)
 PRODUCT_COLUMNS = ("description", "brand", "attributes")
 OCCASION_COLUMNS = ("customer_id", "category", "day")
+
+
+def check_llm_signals(value: str) -> None:
+    """A one-line ValueError unless `value` is one of LLM_SIGNALS (the llm_signals setting)."""
+    if value not in LLM_SIGNALS:
+        raise ValueError(f"llm_signals {value!r}: use one of {', '.join(LLM_SIGNALS)}")
 
 
 def prompt_key(text: str) -> bytes:
@@ -235,10 +242,13 @@ class LLMChoiceEngine(ChoiceEngine):
     info: dict[str, Any] = field(default_factory=dict)
     store_key: str = ""  # the warehouse cache's key (model_key); "" = the cache lives in memory only
     augment: Augmentation | None = None  # input augmentation (augment.py); None: today's prompts
+    llm_signals: str = "mean_field"  # LLM_SIGNALS: what the utilities read inside a mean-field run
 
     def __post_init__(self) -> None:
         if self.quantity not in QUANTITIES:
             raise ValueError(f"quantity must be one of {QUANTITIES}, got {self.quantity!r}")
+        check_llm_signals(self.llm_signals)
+        self._held: tuple[list[P.PromptEpisode], dict[tuple[str, str], float]] | None = None
         self.cache: dict[bytes, float] = {}
         self.qty_cache: dict[bytes, float] = {}
         self._stored: set[tuple[str, bytes]] = set()  # (kind, key) already in the warehouse
@@ -379,10 +389,37 @@ class LLMChoiceEngine(ChoiceEngine):
             for ep, t, k in zip(eps, tops, keys, strict=True)
         }
 
+    @contextmanager
+    def hold(self, options: pl.DataFrame) -> Iterator[None]:
+        """The utilities of `options`' product rows scored once and held while the block runs: held_utilities
+        (and so decide) answers from them, whatever signals the rows it is given carry."""
+        self._held = self.utilities(with_other_rows(options).filter(pl.col("product_id") != OTHER))
+        try:
+            yield
+        finally:
+            self._held = None
+
+    def observing(self, options: pl.DataFrame) -> AbstractContextManager[None]:
+        """run_mean_field enters this: with llm_signals "observed" the utilities are held at the options as the
+        mean field gets them (observed signals, a scenario's prices and new products included), so its passes
+        score nothing new and the LLM reads no market feedback; "mean_field": nothing held."""
+        return self.hold(options) if self.llm_signals == "observed" else nullcontext()
+
+    def held_utilities(
+        self, prod: pl.DataFrame
+    ) -> tuple[list[P.PromptEpisode], dict[tuple[str, str], float]]:
+        """utilities(prod), from what `hold` holds where it holds every row of `prod`."""
+        if self._held is not None:
+            eps, u = self._held
+            pairs = zip(prod["occasion_id"].to_list(), prod["product_id"].to_list(), strict=True)
+            if all(k in u for k in pairs):
+                return eps, u
+        return self.utilities(prod)
+
     def decide(self, options: pl.DataFrame) -> pl.DataFrame:
         opts = with_other_rows(options)
         prod = opts.filter(pl.col("product_id") != OTHER)
-        eps, u = self.utilities(prod)
+        eps, u = self.held_utilities(prod)
         qty = self.top_quantities(eps, u) if self.quantity == "llm_top" else {}
         return market_decisions(
             opts, prod, _aligned(prod, u), qty, self.other_constant, self.other_by_category, self.other_qty
@@ -415,39 +452,17 @@ class HybridChoiceEngine(ChoiceEngine):
     llm_signals: str = "mean_field"  # LLM_SIGNALS: what the LLM half reads inside a mean-field run
 
     def __post_init__(self) -> None:
-        if self.llm_signals not in LLM_SIGNALS:
-            raise ValueError(f"llm_signals must be one of {LLM_SIGNALS}, got {self.llm_signals!r}")
+        check_llm_signals(self.llm_signals)
         self.name = hybrid_name(self.llm.name, self.base.method)
-        self._held: tuple[list[P.PromptEpisode], dict[tuple[str, str], float]] | None = None
 
-    @contextmanager
-    def observing(self, options: pl.DataFrame) -> Iterator[None]:
-        """With llm_signals "observed": the LLM half scored once on `options` (the rows as the mean field gets
-        them, at their observed signals) and held while the block runs, so that the mean field's passes move
-        the classic half only (run_mean_field enters it). "mean_field": nothing held."""
-        if self.llm_signals != "observed":
-            yield
-            return
-        self._held = self.llm.utilities(with_other_rows(options).filter(pl.col("product_id") != OTHER))
-        try:
-            yield
-        finally:
-            self._held = None
-
-    def _llm_half(self, prod: pl.DataFrame) -> tuple[list[P.PromptEpisode], dict[tuple[str, str], float]]:
-        """The LLM's prompt contexts and utilities of `prod`: those held by `observing` where it holds every
-        row, else scored on the rows given."""
-        if self._held is not None:
-            eps, u = self._held
-            pairs = zip(prod["occasion_id"].to_list(), prod["product_id"].to_list(), strict=True)
-            if all(k in u for k in pairs):
-                return eps, u
-        return self.llm.utilities(prod)
+    def observing(self, options: pl.DataFrame) -> AbstractContextManager[None]:
+        """llm_signals "observed": the LLM half held at `options` while the block runs (LLMChoiceEngine.hold)."""
+        return self.llm.hold(options) if self.llm_signals == "observed" else nullcontext()
 
     def decide(self, options: pl.DataFrame) -> pl.DataFrame:
         opts = with_other_rows(options)
         prod = opts.filter(pl.col("product_id") != OTHER)
-        eps, u_by_key = self._llm_half(prod)
+        eps, u_by_key = self.llm.held_utilities(prod)
         u_llm, s_base = _aligned(prod, u_by_key), self.base.scores(prod)
         u = self.fit.coef_llm * u_llm + self.fit.coef_base * s_base
         qty = {}

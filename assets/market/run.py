@@ -142,7 +142,7 @@ class MarketSettings:
     llm_val_occasions: int  # llm / hybrid: val market occasions scored to fit OTHER and the hybrid (0 = all)
     augment_token_budget: int  # llm_aug / hybrid_aug: mean tokens per scored prompt (0 = every field kept)
     llm_max_iter: int  # > 0: mean-field passes at most for the LLM engines (each pass re-scores); 0 = max_iter
-    hybrid_llm_signals: str  # llm.LLM_SIGNALS: what the hybrid's LLM half reads in the mean field
+    llm_signals: str  # llm.LLM_SIGNALS: what the LLM engines read inside the mean field
     # () -> (Engine, info) of the language model for the llm and hybrid engines (market_llm_engine's), or None
     llm_engine: Callable[[], tuple[Any, dict[str, Any]]] | None = field(
         default=None, compare=False, repr=False
@@ -209,7 +209,8 @@ def _llm(conn, names, settings: MarketSettings, log, built) -> dict[str, ChoiceE
             val_occasions_limit=settings.llm_val_occasions, m_options=settings.m_options,
             history_days=HISTORY_DAYS, log=log, model_info=info, augment=augment, name=f"llm{suffix}",
         )  # fmt: skip
-        fitted["hybrid"].llm_signals = settings.hybrid_llm_signals
+        for engine in fitted.values():
+            engine.llm_signals = settings.llm_signals
         out |= {n: fitted[n.replace(suffix, "")] for n in wanted}
     return out
 
@@ -243,14 +244,6 @@ def check_engine_names(names: Sequence[str]) -> list[str]:
         what = f"unknown engines {unknown}" if unknown else "no engine named"
         raise ValueError(f"{what}; known engines: {', '.join(ENGINES)}")
     return names
-
-
-def check_llm_signals(value: str) -> None:
-    """A one-line ValueError unless `value` is one of llm.LLM_SIGNALS (hybrid_llm_signals)."""
-    from assets.market.llm import LLM_SIGNALS
-
-    if value not in LLM_SIGNALS:
-        raise ValueError(f"hybrid_llm_signals {value!r}: use one of {', '.join(LLM_SIGNALS)}")
 
 
 def build_engines(conn, names: Sequence[str], settings: MarketSettings, log=print) -> dict[str, ChoiceEngine]:
@@ -501,7 +494,9 @@ def simulate_market(conn, settings: MarketSettings, log=print) -> MarketRun:
         raise ValueError(
             f"sample_mean_field {settings.sample_mean_field!r}: use one of {', '.join(SAMPLE_MEAN_FIELD)}"
         )
-    check_llm_signals(settings.hybrid_llm_signals)
+    from assets.market.llm import check_llm_signals
+
+    check_llm_signals(settings.llm_signals)  # before any work
     stab = [n for n in settings.stability_engines if settings.stability_seeds > 0]
     if set(stab) - set(names):
         raise ValueError(f"stability_engines {sorted(set(stab) - set(names))} are not among engines {names}")
