@@ -2,7 +2,7 @@
 
     python benchmarks/whatif_truth.py [--customers 800] [--seed 3] [--engines clogit,clogit6,lgbm]
         [--categories MILK,BREAD,CHEESE] [--top-k 10] [--warehouse PATH]
-        [--llm-model PATH --adapter DIR]  (for the llm / hybrid engines)
+        [--llm-model PATH --adapter DIR] [--sample-customers N] [--llm-val-occasions N]  (llm / hybrid)
 
 docs/evaluation-protocol.md, "Market-level evaluation": builds the synthetic market (benchmarks/market.py's
 build_warehouse: the generator, then the features stage) unless --warehouse exists, and for each engine runs
@@ -15,8 +15,11 @@ and per category), the share of products within 20%, the new product's simulated
 against the true one, and the seconds.
 
 The LLM engines need a language model: --llm-model (a local model directory) and --adapter (a LoRA adapter
-directory trained on this market's train period, e.g. by `malles run --source synthetic`). Without them the
-names llm / hybrid are refused in one line.
+directory trained on this market's train period, e.g. by `malles run --source synthetic`, whose market is
+`--customers 300 --seed 0`). Without them the names llm / hybrid are refused in one line. They read the observed
+signals (the what-if's llm_signals default: scored once per run, the hybrid's mean field moves its classic
+half); on a CPU give them a customer sample (--sample-customers: the what-if and the truth on the same
+occasions) and fewer val occasions for their fit (--llm-val-occasions).
 """
 
 from __future__ import annotations
@@ -76,11 +79,12 @@ def new_product_spec(scenario) -> dict:
 
 
 def score_engine(
-    conn, engine: str, scenario, cats, top_k, llm_engine=None
+    conn, engine: str, scenario, cats, top_k, llm_engine=None, **knobs
 ) -> tuple[pl.DataFrame, float, float]:
-    """(own elasticities: category, product_id, estimate), the new product's share, seconds."""
+    """(own elasticities: category, product_id, estimate), the new product's share, seconds. knobs: more
+    WhatIfSettings (customers, llm_val_occasions)."""
     s = cf.WhatIfSettings(engine=engine, category_ids=tuple(cats), top_k=top_k, elasticity_categories=len(cats),
-                          bootstrap=0, llm_engine=llm_engine)  # fmt: skip
+                          bootstrap=0, llm_engine=llm_engine, **knobs)  # fmt: skip
     t = time.perf_counter()
     res = cf.run_whatif(conn, scenario, s, log=lambda m: None)
     seconds = time.perf_counter() - t
@@ -116,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warehouse", type=Path)
     ap.add_argument("--llm-model")
     ap.add_argument("--adapter")
+    ap.add_argument(
+        "--sample-customers", type=int, default=0, help="the what-if's seeded customer sample (0 = all)"
+    )
+    ap.add_argument(
+        "--llm-val-occasions", type=int, default=500, help="val occasions of the LLM engines' fit"
+    )
     a = ap.parse_args(argv)
     engines = [e for e in a.engines.split(",") if e]
     llm_names = [e for e in engines if e in run.LLM_ENGINES]
@@ -134,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         f"synthetic market: {a.customers} customers, seed {a.seed}, {time.perf_counter() - t:.1f} s; {load()}"
     )
     scenario = load_scenario(SCENARIO, conn)
-    settings = cf.WhatIfSettings(category_ids=tuple(cats))
+    knobs = {"customers": a.sample_customers, "llm_val_occasions": a.llm_val_occasions}
+    settings = cf.WhatIfSettings(category_ids=tuple(cats), **knobs)
     occ, opts = market_sets(conn, settings, cats)
     spec = new_product_spec(scenario)
     occ_new = occ.filter(pl.col("category") == spec["category"])
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     provider = llm_provider(a.llm_model, a.adapter) if llm_names else None
     rows = []
     for engine in engines:
-        own, share, seconds = score_engine(conn, engine, scenario, cats, a.top_k, provider)
+        own, share, seconds = score_engine(conn, engine, scenario, cats, a.top_k, provider, **knobs)
         tr = truth_elasticities(truth, occ, opts, own)
         j = own.join(tr, on=["category", "product_id"], how="inner")
         j = j.with_columns(rel=((pl.col("estimate") - pl.col("true")).abs() / pl.col("true").abs()))
