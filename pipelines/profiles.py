@@ -1,8 +1,9 @@
 """Run profiles of main_job: the asset configs' defaults are the quick profile; `full` overrides them.
 
-quick (default): the whole pipeline with post-training and simulation in about 33 minutes on a quiet 2-core CPU:
-  4,000 train episodes of prompts, 350 LoRA steps (~12 min on a quiet machine; the step count decides, the
-  120-minute cap is for safety only), N = 80 episodes per split for the aligned
+quick (default): the whole pipeline with post-training and simulation on a quiet 2-core CPU in about 57 minutes
+  where the CPU lacks bf16 matrix instructions (an AVX2 CPU: the LoRA training runs in fp32, 34 minutes) and
+  about 33 where it has them (bf16 autocast: ~16 minutes of LoRA): 4,000 train episodes of prompts, 350 LoRA
+  steps (the step count decides, the 120-minute cap is for safety only), N = 80 episodes per split for the aligned
   agent (val feeds the calibrated hybrid), and no variant rows (on 16 episodes a hit@1's standard error is
   about 0.12: minutes that say nothing; name them with `--config retail_decisions.variants=[...]`).
 full: docs/evaluation-protocol.md's N = 2,000 episodes per split, 20,000 train episodes, 1,592 LoRA steps, and the
@@ -11,7 +12,7 @@ full: docs/evaluation-protocol.md's N = 2,000 episodes per split, 20,000 train e
   on the hybrid. Hours on a CPU; minutes on a GPU with the vllm backend.
 The market stages (market_simulation, whatif) run at their asset defaults in market_job and whatif_job. In
 main_job the quick profile runs them small (MAIN_JOB_QUICK: 2 categories, 4 weeks, the classic engines, the
-what-if on clogit: 143 s on Complete Journey), so that the whole quick run stays near 30 minutes; `malles run` names the what-if scenario
+what-if on clogit: 224 s on Complete Journey on the AVX2 CPU); `malles run` names the what-if scenario
 of a built-in source (SOURCE_SCENARIOS), and without one the what-if is skipped.
   On a CPU it runs in slices: `--config retail_decisions.max_minutes=M` writes the md5 sample at the largest N
   completed after M minutes, and `malles run --profile full --select 'retail_decisions+'` goes on from the
