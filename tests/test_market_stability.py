@@ -127,7 +127,10 @@ def test_expected_mode_is_the_mean_of_many_draws():
         )
         both = want.join(got, on=MM.CELL, how="full", coalesce=True)
         assert both.height == 8 and both.null_count().sum_horizontal().item() == 0
-        assert both.group_by(MM.CW).agg(pl.col("units").sum())["units"].to_list() == [400.0, 400.0]
+        # polars' parallel sums: the last digit may move
+        assert both.group_by(MM.CW).agg(pl.col("units").sum())["units"].to_list() == pytest.approx(
+            [400.0, 400.0]
+        )
         gap = (both["units"] - both["mean"]).abs()
         assert (gap <= 4.0 * both["se"]).all() and both["se"].min() > 0.0, (flag, both)
         if not flag:
