@@ -70,8 +70,8 @@ if TYPE_CHECKING:
     from assets.market.augment import Augmentation, AugmentSettings
 
 QUANTITIES = ("rule", "llm_top")  # expected_qty: classic's rule; or the LLM's answer for the top option
-# what the hybrid's LLM half reads inside a mean-field run: the signals of the mean field (re-scored at every
-# pass where a prompt changes) or those of the options as given (scored once per run: what-ifs on a CPU)
+# what the LLM engines read inside a mean-field run: the signals of the mean field (re-scored at every pass
+# where a prompt changes) or those of the options as given (scored once per run: what-ifs on a CPU)
 LLM_SIGNALS = ("mean_field", "observed")
 COUNTS = ("pop_28d", "cust_product_purchases", "cust_brand_purchases")  # rounded before the prompt
 OPTION_COLUMNS = ("price", "list_price", "discount_depth", "ref_price", "ref_price_gap", "is_new", *COUNTS)
@@ -448,7 +448,6 @@ class HybridChoiceEngine(ChoiceEngine):
     other_constant: float = 0.0
     other_by_category: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-
     llm_signals: str = "mean_field"  # LLM_SIGNALS: what the LLM half reads inside a mean-field run
 
     def __post_init__(self) -> None:

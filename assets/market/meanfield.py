@@ -8,7 +8,9 @@ customers, the basket's other products of the category besides the occasion's ac
 weeks not simulated) stays at its observed value; each occasion adds its choice probabilities. m_0 = observed:
 each occasion's actual purchase with probability 1.
 
-Iteration (run_mean_field): signals from m_k -> engine.decide -> F(m_k) = the state of the decisions;
+Iteration (run_mean_field): signals from m_k -> engine.decide -> F(m_k) = the state of the decisions (an
+engine with an `observing(options)` context, the LLM engines, is inside it for the passes: with llm_signals
+"observed" they hold their utilities at the options as given, llm.py);
 m_{k+1} = (1 - alpha) m_k + alpha F(m_k). The damping is carried on the per-(occasion, product) choices, whose
 aggregate is m (linear), so the agents' own histories (own_history=True) follow the same damped choices.
 residual_k = metrics.fixed_point_residual(m_{k+1}, m_k) on units (the protocol's); converged when it and the
