@@ -41,6 +41,7 @@ from assets.market import llm_engine_provider  # noqa: E402
 from assets.market.scenario import load_scenario  # noqa: E402
 from benchmarks.market import load  # noqa: E402
 from resources.llm import LLMResource  # noqa: E402
+from resources.warehouse import table_count  # noqa: E402
 
 NEXT_SQL = """
 select e.product_id
@@ -87,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     scenario = load_scenario(a.scenario, conn)
     cats = cf.affected_categories(conn, scenario)
     second = next_question(conn, scenario, cats[0], Path(tmp.name))
-    cached = conn.execute(
-        "select count(*) from information_schema.tables where table_name = 'market_llm_cache'"
-    ).fetchone()[0]
-    n_cached = conn.execute("select count(*) from market_llm_cache").fetchone()[0] if cached else 0
+    n_cached = table_count(conn, "market_llm_cache")  # 0 before any LLM market run
     print(
         f"warehouse copy of {src} ({n_cached} cached prompts); scenario {scenario.name} on {cats}, "
         f"{a.customers or 'all'} customers, {a.weeks} weeks, bootstrap {a.bootstrap}, top_k {a.top_k}; {load()}"
